@@ -1,0 +1,122 @@
+"""Small building blocks shared by SigLIP and Gemma: an einsum weight, norms, RoPE, remat policies.
+
+Every parameter is created with logical axis names (see `paligemma_jax.sharding` for the table that
+maps them to mesh axes). Matmuls accumulate in float32 (`preferred_element_type`): this is what
+TPUs and GPUs do anyway, and on CPU it is what makes bf16 matmuls fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def fan_in_init(in_axes: Sequence[int], out_axes: Sequence[int]) -> Initializer:
+  """Truncated-normal init scaled by 1/sqrt(fan_in), for kernels with several in/out axes."""
+  return nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(in_axes), out_axis=tuple(out_axes))
+
+
+class Einsum(nn.Module):
+  """A weight `w` (and optional bias `b`) applied with an einsum spec given at call time.
+
+  The first `n_in` axes of `shape` are contracted with the input (they set the init's fan-in);
+  the bias has the shape of the remaining, output axes.
+  """
+
+  shape: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  n_in: int = 1
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, spec: str, x: jax.Array) -> jax.Array:
+    init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
+    w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
+                   self.param_dtype)
+    y = jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    if self.use_bias:
+      b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                       self.axes[self.n_in:]),
+                     self.shape[self.n_in:], self.param_dtype)
+      y = y + b.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + scale), computed in float32.
+
+  The scale is stored as an offset from 1 and zero-initialised, as in both references.
+  """
+
+  eps: float = 1e-6
+  axis_name: str = "embed"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)),
+        (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+
+
+def layer_norm(eps: float, axis_name: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               name: str) -> nn.LayerNorm:
+  """A standard LayerNorm (scale + bias) with two-pass variance, as PyTorch computes it."""
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
+      name=name)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in the split-halves layout shared by big_vision and HF (no permutation).
+
+  Angles are computed in float32 from float32 positions; the rotation runs in float32 and the
+  result is cast back to the input dtype.
+  """
+  head_dim = x_BxTxNxH.shape[-1]
+  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq = 1.0 / (theta**exponents)
+  angles_BxTxh = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  sin = jnp.sin(angles_BxTxh)[:, :, None, :]
+  cos = jnp.cos(angles_BxTxh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+def remat_policy(name: str) -> Callable[..., bool] | None:
+  """Maps a config remat name to a jax.checkpoint policy ("full" saves nothing)."""
+  return {
+      "full": None,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+      "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  }[name]
+
+
+def scan_layers(block: type[nn.Module], depth: int, remat: str, in_axes: tuple,
+                **kwargs) -> nn.Module:
+  """Wraps a block in (optional) remat and `nn.scan` over `depth` stacked layers.
+
+  Scanning keeps compile time flat in depth; the stacked params get the logical axis "layers".
+  """
+  if remat != "none":
+    block = nn.remat(block, policy=remat_policy(remat), prevent_cse=False)
+  scanned = nn.scan(
+      block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+      length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(**kwargs)  # `name` goes in kwargs for compact parents; setup names by attribute
