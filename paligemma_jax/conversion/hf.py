@@ -73,8 +73,12 @@ def config_from_hf(hf: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Pa
 
   vocab, d = shapes[TEXT + "embed_tokens.weight"]
   head_dim = text.get("head_dim", 256)
-  num_heads = shapes[TEXT + "layers.0.self_attn.q_proj.weight"][0] // head_dim
-  num_kv_heads = shapes[TEXT + "layers.0.self_attn.k_proj.weight"][0] // head_dim
+  # Head counts from config.json when given (so a mis-shaped tensor is caught, not absorbed);
+  # from the shapes otherwise.
+  num_heads = text.get("num_attention_heads",
+                       shapes[TEXT + "layers.0.self_attn.q_proj.weight"][0] // head_dim)
+  num_kv_heads = text.get("num_key_value_heads",
+                          shapes[TEXT + "layers.0.self_attn.k_proj.weight"][0] // head_dim)
   version = _FAMILIES[family]
   gemma2 = {}
   if version == 2:
