@@ -1,0 +1,181 @@
+"""Image preprocessing for PaliGemma: any RGB-able image in, float32 [size, size, 3] in [-1, 1] out.
+
+Both references resize to a square (aspect ratio ignored), with no crop and no mean/std
+normalisation, but they differ in details that measurably move benchmark scores, so both exist:
+
+- `method="hf"` reproduces HF's `SiglipImageProcessor` with its PIL backend: transparency is
+  composited onto white (`do_convert_rgb`), then PIL **bicubic** resize of the uint8 image (PIL
+  rounds the result to uint8 and always filters over the whole source footprint, i.e. it is
+  antialiased), then `x / 255` and `(x - 0.5) / 0.5`. Bit-identical to HF in the tests.
+- `method="big_vision"` reproduces big_vision's `decode | resize(size) | value_range(-1, 1)`: alpha
+  is dropped (`tf.io.decode_image(channels=3)`), then `tf.image.resize` **bilinear** with half-pixel
+  centres on the uint8 image, clipped to [0, 255] and **truncated** to uint8, then
+  `(x / 255) * 2 - 1`. With `antialias=False` (big_vision's default) a float32 NumPy replica of
+  TF's kernel is used, so TensorFlow is not needed; `antialias=True` (set by many PaliGemma
+  transfer configs) calls TensorFlow, imported on first use.
+
+Accepted inputs (channels last): a PIL image of any mode; a NumPy-convertible array of shape
+[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] that is either integer with values in [0, 255] or float
+with values in [0, 1] (floats are scaled by 255 and rounded to uint8 first, because both references
+resize uint8 images). Float arrays in [-1, 1] are refused rather than guessed at: values in [0, 1]
+are valid under both conventions. Already-normalised pixels go to `check_pixel_values`.
+HF itself mishandles float arrays (it rescales them by 1/255 twice), so there is no parity to keep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+
+IMAGE_METHODS = ("hf", "big_vision")
+
+
+def is_image(obj: Any) -> bool:
+  """True for a PIL image or an array-like that is not a Python container or string."""
+  if isinstance(obj, PIL.Image.Image):
+    return True
+  return hasattr(obj, "__array__") and not isinstance(obj, (str, bytes, list, tuple, dict))
+
+
+def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool = False) -> np.ndarray:
+  """Resizes and normalises one image.
+
+  Args:
+    image: a PIL image or an array [H, W], [H, W, 1|3|4] (see the module docstring for ranges).
+    size: output height and width in pixels.
+    method: "hf" (PIL bicubic, HF parity) or "big_vision" (TF bilinear, big_vision parity).
+    antialias: big_vision only: tf.image.resize's antialias flag. PIL's resize used by "hf" is
+      always antialiased, so True with "hf" is refused.
+
+  Returns:
+    float32 [size, size, 3] in [-1, 1].
+  """
+  if method not in IMAGE_METHODS:
+    raise ValueError(f"unknown image method {method!r}; use one of {IMAGE_METHODS}")
+  if not isinstance(size, (int, np.integer)) or size <= 0:
+    raise ValueError(f"image size must be a positive int, got {size!r}")
+  if method == "hf" and antialias:
+    raise ValueError("antialias=True applies to method='big_vision' only (PIL bicubic always antialiases)")
+  alpha = "white" if method == "hf" else "drop"
+  if isinstance(image, PIL.Image.Image):
+    rgb = _pil_to_rgb(image, alpha)
+  else:
+    rgb = _array_to_rgb(image, alpha)
+  if method == "hf":
+    resized = np.asarray(PIL.Image.fromarray(rgb).resize((size, size), resample=PIL.Image.Resampling.BICUBIC))
+    scaled = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
+    return (scaled - np.float32(0.5)) / np.float32(0.5)
+  resized = resize_bilinear_tf(rgb, size, antialias=antialias)
+  return (resized.astype(np.float32) / np.float32(255)) * np.float32(2) - np.float32(1)
+
+
+def _pil_to_rgb(image: PIL.Image.Image, alpha: str) -> np.ndarray:
+  """uint8 [H, W, 3] of a PIL image; alpha "white" composites onto white, "drop" discards it."""
+  if image.width == 0 or image.height == 0:
+    raise ValueError(f"image is empty ({image.width}x{image.height}); pass an image with pixels")
+  has_alpha = "A" in image.getbands() or "transparency" in image.info
+  if alpha == "white" and has_alpha:
+    rgba = image.convert("RGBA")
+    white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
+  return np.asarray(image.convert("RGB"))
+
+
+def _array_to_rgb(image: Any, alpha: str) -> np.ndarray:
+  """uint8 [H, W, 3] of an array image; see `_pil_to_rgb` for `alpha`."""
+  if not is_image(image):
+    raise ValueError(
+      f"expected an image (PIL.Image or array [H, W, 3]), got {type(image).__name__}; load it with PIL first"
+    )
+  array = np.asarray(image)
+  if array.ndim == 2:
+    array = array[:, :, None]
+  if array.ndim != 3:
+    raise ValueError(
+        f"image array must be [H, W] or [H, W, C], got shape {array.shape}; pass a batch as a list of images")
+  if array.shape[-1] not in (1, 3, 4):
+    hint = "; it looks channels-first, use np.moveaxis(x, 0, -1)" if array.shape[0] in (1, 3, 4) else ""
+    raise ValueError(f"image must have 1, 3 or 4 channels (last axis), got shape {array.shape}{hint}")
+  if array.shape[0] == 0 or array.shape[1] == 0:
+    raise ValueError(f"image is empty (shape {array.shape}); pass an image with pixels")
+  array = _to_uint8(array)
+  channels = array.shape[-1]
+  if channels == 1:
+    return np.repeat(array, 3, axis=-1)
+  if channels == 4 and alpha == "white":
+    # Same formula as HF's NumPy convert_to_rgb: blend in float64, round to uint8.
+    a = array[..., 3:4] / 255
+    return np.round(a * array[..., :3] + (1 - a) * 255).astype(np.uint8)
+  return np.ascontiguousarray(array[..., :3])
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+  """Integer arrays in [0, 255] or float arrays in [0, 1] -> uint8."""
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    raise ValueError(f"image dtype {array.dtype} is not supported; use uint8 in [0, 255] or float in [0, 1]")
+  lo, hi = array.min(), array.max()
+  if np.issubdtype(array.dtype, np.integer):
+    if lo < 0 or hi > 255:
+      raise ValueError(f"integer image values must lie in [0, 255], got [{lo}, {hi}]; rescale to uint8")
+    return array.astype(np.uint8)
+  if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+    raise ValueError(
+      f"float image values must lie in [0, 1], got [{lo}, {hi}]; for pixels already in [-1, 1] use "
+      "check_pixel_values / Processor(pixel_values=...)"
+    )
+  return np.round(array.astype(np.float64) * 255).astype(np.uint8)
+
+
+def resize_bilinear_tf(rgb: np.ndarray, size: int, antialias: bool = False) -> np.ndarray:
+  """big_vision's `resize(size)` of a uint8 image: TF2 bilinear, clip, truncate to uint8.
+
+  Args:
+    rgb: uint8 [H, W, C].
+    size: output height and width.
+    antialias: tf.image.resize's flag; True needs TensorFlow (a scale-and-translate kernel that
+      is not replicated here).
+
+  Returns:
+    uint8 [size, size, C].
+  """
+  if antialias:
+    import tensorflow as tf  # Lazy: only antialiased big_vision resizing needs TF.
+
+    resized = tf.image.resize(rgb, (size, size), method="bilinear", antialias=True).numpy()
+    return np.clip(resized, 0, 255).astype(np.uint8)
+  y_lo, y_hi, y_frac = _half_pixel_taps(rgb.shape[0], size)
+  x_lo, x_hi, x_frac = _half_pixel_taps(rgb.shape[1], size)
+  image = rgb.astype(np.float32)
+  rows_lo, rows_hi = image[y_lo], image[y_hi]  # [size, W, C] each
+  x_frac = x_frac[None, :, None]
+  # Same float32 operation order as TF's resize_bilinear kernel: lerp along x, then along y.
+  top = rows_lo[:, x_lo] + (rows_lo[:, x_hi] - rows_lo[:, x_lo]) * x_frac
+  bottom = rows_hi[:, x_lo] + (rows_hi[:, x_hi] - rows_hi[:, x_lo]) * x_frac
+  out = top + (bottom - top) * y_frac[:, None, None]
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _half_pixel_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """TF's half-pixel-centre source positions: lower index, upper index, float32 fraction [out]."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  floor = np.floor(src)
+  lower = np.maximum(floor, 0).astype(np.int64)
+  upper = np.minimum(np.ceil(src), in_size - 1).astype(np.int64)
+  return lower, upper, (src - floor).astype(np.float32)
+
+
+def check_pixel_values(pixel_values: Any, size: int) -> np.ndarray:
+  """Validates already-preprocessed pixels: float [..., size, size, 3] in [-1, 1] -> float32."""
+  array = np.asarray(pixel_values)
+  if not np.issubdtype(array.dtype, np.floating):
+    raise ValueError(f"pixel_values must be float in [-1, 1], got dtype {array.dtype}; pass raw images instead")
+  if array.ndim < 3 or array.shape[-3:] != (size, size, 3):
+    raise ValueError(f"pixel_values must end in ({size}, {size}, 3) (channels last), got shape {array.shape}")
+  if array.size and (not np.all(np.isfinite(array)) or array.min() < -1 - 1e-6 or array.max() > 1 + 1e-6):
+    raise ValueError(f"pixel_values must lie in [-1, 1], got [{array.min()}, {array.max()}]")
+  return array.astype(np.float32)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a stand-in Gemma tokenizer, and the same tokenizer laid out for HF's AutoTokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+import sentencepiece as spm
+
+from paligemma_jax.data.standin_tokenizer import standin_sentences, standin_trainer_options, train_standin_tokenizer
+from paligemma_jax.data.tokenizer import Tokenizer
+
+# transformers is the parity oracle and must never reach for the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def standin_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """Path of the stand-in Gemma-like SentencePiece model (trained once per session, ~0.05 s)."""
+  return train_standin_tokenizer(tmp_path_factory.mktemp("standin_tokenizer") / "standin")
+
+
+@pytest.fixture(scope="session")
+def standin_tokenizer(standin_tokenizer_path: pathlib.Path) -> Tokenizer:
+  return Tokenizer(standin_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, standin_tokenizer_path: pathlib.Path) -> pathlib.Path:
+  """A folder that `transformers.AutoTokenizer.from_pretrained` loads as a GemmaTokenizer of the stand-in.
+
+  (`GemmaTokenizer(vocab_file=...)` silently builds a 5-token vocabulary in transformers 5.x; this
+  layout is what works offline.)
+  """
+  folder = tmp_path_factory.mktemp("hf_tokenizer")
+  shutil.copy(standin_tokenizer_path, folder / "tokenizer.model")
+  (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_without_loc_path(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """A Gemma-like model without the <loc>/<seg> pieces (like text-only Gemma): for error paths."""
+  options = standin_trainer_options(vocab_size=400)
+  options["user_defined_symbols"] = ["\n"]
+  prefix = tmp_path_factory.mktemp("plain_tokenizer") / "plain"
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(standin_sentences(500)), model_prefix=str(prefix), **options)
+  return pathlib.Path(f"{prefix}.model")

@@ -1,0 +1,123 @@
+"""Image preprocessing: HF SiglipImageProcessor parity, tf.image.resize parity, input forms, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from paligemma_jax.data.images import check_pixel_values, preprocess_image, resize_bilinear_tf
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+RGBA = np.concatenate([RGB, RNG.integers(0, 256, (37, 53, 1), dtype=np.uint8)], axis=-1)
+GRAY = RNG.integers(0, 256, (41, 30), dtype=np.uint8)
+
+
+def _palette_with_transparency() -> PIL.Image.Image:
+  image = PIL.Image.fromarray(RGB).quantize(16)
+  image.info["transparency"] = 3
+  return image
+
+
+@pytest.fixture(scope="module")
+def hf_processor():
+  from transformers import SiglipImageProcessorPil
+  return SiglipImageProcessorPil(size={"height": 32, "width": 32})
+
+
+@pytest.mark.parametrize("image", [
+    pytest.param(RGB, id="uint8-rgb"),
+    pytest.param(RGBA, id="uint8-rgba"),
+    pytest.param(GRAY[..., None], id="uint8-hw1"),
+    pytest.param(PIL.Image.fromarray(RGB), id="pil-rgb"),
+    pytest.param(PIL.Image.fromarray(RGBA), id="pil-rgba"),
+    pytest.param(PIL.Image.fromarray(GRAY), id="pil-l"),
+    pytest.param(PIL.Image.fromarray(GRAY).convert("LA"), id="pil-la"),
+    pytest.param(_palette_with_transparency(), id="pil-p-transparency"),
+    pytest.param(PIL.Image.fromarray(RGB).convert("CMYK"), id="pil-cmyk"),
+])
+def test_hf_method_matches_siglip_image_processor(hf_processor, image):
+  ours = preprocess_image(image, 32, "hf")
+  theirs = hf_processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+  assert ours.shape == (32, 32, 3) and ours.dtype == np.float32
+  np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("height,width,size",
+                         [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32)])
+def test_numpy_bilinear_matches_tf_resize(height: int, width: int, size: int):
+  import tensorflow as tf
+  image = RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)
+  # Smooth ramps hit exact integers, where truncation to uint8 is most sensitive to float error.
+  ramp = np.broadcast_to((np.arange(width) % 256).astype(np.uint8)[None, :, None], (height, width, 3))
+  for x in (image, np.ascontiguousarray(ramp)):
+    want = tf.cast(tf.clip_by_value(tf.image.resize(x, (size, size), method="bilinear"), 0, 255), tf.uint8)
+    np.testing.assert_array_equal(resize_bilinear_tf(x, size), want.numpy())
+
+
+def test_big_vision_method():
+  out = preprocess_image(RGB, 16, "big_vision")
+  np.testing.assert_array_equal(out, resize_bilinear_tf(RGB, 16).astype(np.float32) / 255 * 2 - 1)
+  assert out.min() >= -1 and out.max() <= 1
+  # antialias only matters when shrinking: 53 -> 16 px must change, and uses TF's kernel.
+  antialiased = preprocess_image(RGB, 16, "big_vision", antialias=True)
+  assert np.abs(antialiased - out).max() > 0.05
+  assert antialiased.dtype == np.float32 and antialiased.min() >= -1 and antialiased.max() <= 1
+
+
+def test_alpha_handling_differs_by_method():
+  transparent = np.zeros((8, 8, 4), np.uint8)
+  transparent[..., 0] = 200  # red but fully transparent
+  np.testing.assert_array_equal(preprocess_image(transparent, 8, "hf"), 1.0)  # composited onto white
+  np.testing.assert_allclose(preprocess_image(transparent, 8, "big_vision")[..., 0], 200 / 255 * 2 - 1, atol=1e-6)
+
+
+def test_equivalent_input_forms():
+  base = preprocess_image(RGB, 24)
+  np.testing.assert_array_equal(preprocess_image(RGB / 255.0, 24), base)
+  np.testing.assert_array_equal(preprocess_image(RGB.astype(np.int64), 24), base)
+  np.testing.assert_array_equal(preprocess_image(PIL.Image.fromarray(RGB), 24), base)
+  gray = preprocess_image(GRAY, 24)
+  np.testing.assert_array_equal(gray, preprocess_image(np.repeat(GRAY[..., None], 3, -1), 24))
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros((8, 8, 2), np.uint8), "1, 3 or 4 channels"),
+    (np.zeros((8, 8, 5), np.uint8), "1, 3 or 4 channels"),
+    (np.zeros((3, 8, 8), np.uint8), "channels-first"),
+    (np.zeros((0, 8, 3), np.uint8), "empty"),
+    (np.zeros((2, 8, 8, 3), np.uint8), r"\[H, W\] or \[H, W, C\]"),
+    (np.zeros((8,), np.uint8), r"\[H, W\] or \[H, W, C\]"),
+    ("cat.jpg", "expected an image"),
+    ([[1, 2], [3, 4]], "expected an image"),
+    (np.full((4, 4, 3), -0.5, np.float32), r"float image values must lie in \[0, 1\]"),
+    (np.full((4, 4, 3), 300, np.int32), r"integer image values must lie in \[0, 255\]"),
+    (np.zeros((4, 4, 3), bool), "dtype bool"),
+    (PIL.Image.new("RGB", (0, 5)), "empty"),
+])
+def test_bad_images(bad, message: str):
+  with pytest.raises(ValueError, match=message) as info:
+    preprocess_image(bad, 16)
+  assert "\n" not in str(info.value)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="unknown image method"):
+    preprocess_image(RGB, 16, "bicubic")
+  with pytest.raises(ValueError, match="antialias=True applies to method='big_vision'"):
+    preprocess_image(RGB, 16, "hf", antialias=True)
+  with pytest.raises(ValueError, match="positive int"):
+    preprocess_image(RGB, 0)
+
+
+def test_check_pixel_values():
+  pixels = preprocess_image(RGB, 16)[None]
+  np.testing.assert_array_equal(check_pixel_values(pixels.astype(np.float64), 16), pixels)
+  with pytest.raises(ValueError, match=r"end in \(16, 16, 3\)"):
+    check_pixel_values(pixels.transpose(0, 3, 1, 2), 16)
+  with pytest.raises(ValueError, match=r"lie in \[-1, 1\]"):
+    check_pixel_values(pixels * 2, 16)
+  with pytest.raises(ValueError, match="must be float"):
+    check_pixel_values(RGB[None, :16, :16], 16)
