@@ -26,6 +26,8 @@ class TinySpec:
   final_softcap: float | None = None
   sliding_window: int | None = None
   image_size: int = 28
+  vocab: int = VOCAB
+  image_token: int = IMAGE_TOKEN
 
 
 PG1 = TinySpec()
@@ -44,7 +46,7 @@ def hf_config(spec: TinySpec):
                 hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
   text = dict(hidden_size=spec.width, intermediate_size=96, num_hidden_layers=4,
               num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
-              head_dim=spec.head_dim, vocab_size=VOCAB, rms_norm_eps=1e-6,
+              head_dim=spec.head_dim, vocab_size=spec.vocab, rms_norm_eps=1e-6,
               hidden_activation="gelu_pytorch_tanh", max_position_embeddings=512)
   if spec.gemma_version == 1:
     text = tr.GemmaConfig(**text)
@@ -54,7 +56,7 @@ def hf_config(spec: TinySpec):
         attn_logit_softcapping=spec.attn_softcap, final_logit_softcapping=spec.final_softcap,
         sliding_window=spec.sliding_window)
   return tr.PaliGemmaConfig(vision_config=vision, text_config=text.to_dict(),
-                            image_token_index=IMAGE_TOKEN, vocab_size=VOCAB,
+                            image_token_index=spec.image_token, vocab_size=spec.vocab,
                             projection_dim=spec.width)
 
 

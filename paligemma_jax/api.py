@@ -1,0 +1,69 @@
+"""The small public API: load a checkpoint, preprocess images + prompts, compute logits.
+
+    import paligemma_jax as pg
+    config, params = pg.load_checkpoint("paligemma2-3b-pt-224/")       # HF folder
+    processor = pg.make_processor(config, "paligemma2-3b-pt-224/tokenizer.model")
+    batch = processor([image], ["caption en"], suffixes=["a cat on a mat"])
+    logits = pg.compute_logits(config, params, batch)                  # [B, S, V] float32
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from paligemma_jax.conversion import load_hf_checkpoint
+from paligemma_jax.data import Processor, Tokenizer
+from paligemma_jax.models import PaliGemma, PaliGemmaConfig, check_image_tokens
+
+
+def load_checkpoint(path: str | os.PathLike, **options: Any) -> tuple[PaliGemmaConfig, dict]:
+  """(config, {"params": ...}) from an HF checkpoint folder (config.json + safetensors).
+
+  Options: `param_dtype`, `dtype` and `PaliGemmaConfig.replace` overrides such as
+  `**{"text.final_logit_softcap": None}`; by default the model follows the checkpoint's config.
+  """
+  return load_hf_checkpoint(os.fspath(path), **options)
+
+
+def make_processor(config: PaliGemmaConfig, tokenizer: str | os.PathLike | Tokenizer,
+                   image_method: str = "hf", **options: Any) -> Processor:
+  """A processor whose image size, image-token count and tokenizer fit `config`.
+
+  Raises a one-line ValueError when the tokenizer's vocabulary does not fit the model.
+  """
+  if not isinstance(tokenizer, Tokenizer):
+    tokenizer = Tokenizer(tokenizer)
+  if tokenizer.vocab_size > config.text.vocab_size:
+    raise ValueError(
+        f"the tokenizer has {tokenizer.vocab_size} ids but the model's embedding has "
+        f"{config.text.vocab_size} rows; use the tokenizer that belongs to this checkpoint")
+  if tokenizer.image_token_id != config.image_token_id:
+    raise ValueError(
+        f"the tokenizer's <image> id is {tokenizer.image_token_id} but the model expects "
+        f"{config.image_token_id}; use the tokenizer that belongs to this checkpoint")
+  return Processor(tokenizer, config.vision.image_size, config.vision.num_patches, image_method,
+                   **options)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_forward(config: PaliGemmaConfig):
+  return jax.jit(PaliGemma(config).apply)
+
+
+def compute_logits(config: PaliGemmaConfig, params: dict, batch: Mapping[str, np.ndarray]
+                   ) -> np.ndarray:
+  """float32 logits [B, S, V] for a processor batch (its `tokens`, `images`, `input_mask` and
+  `mask_ar`); the prefix is bidirectional, the suffix causal. Padding positions are meaningless."""
+  missing = [k for k in ("tokens", "images", "input_mask", "mask_ar") if k not in batch]
+  if missing:
+    raise ValueError(f"batch lacks {', '.join(missing)}; build it with make_processor(...)(...)")
+  check_image_tokens(batch["tokens"], batch["images"], config)
+  logits = _jitted_forward(config)(params, batch["tokens"], batch["images"],
+                                   batch["input_mask"], batch["mask_ar"])
+  return np.asarray(logits)
