@@ -37,10 +37,7 @@ class PaliGemma(nn.Module):
 
   def encode_images(self, images_BxIxRxRx3: jax.Array) -> jax.Array:
     """Images [B, I, R, R, 3] in [-1, 1] -> projected image tokens [B, I*M, D] (not scaled)."""
-    if images_BxIxRxRx3.ndim != 5:
-      raise ValueError(
-          f"images must be [batch, images_per_example, height, width, 3], got shape "
-          f"{tuple(images_BxIxRxRx3.shape)}; add an images axis with images[:, None]")
+    _check_images_rank(images_BxIxRxRx3)
     b, i = images_BxIxRxRx3.shape[:2]
     feats_BIxMxW = self.vision(images_BxIxRxRx3.reshape(b * i, *images_BxIxRxRx3.shape[2:]))
     tokens_BIxMxD = self.projector("BMW,WD->BMD", feats_BIxMxW)
@@ -96,6 +93,8 @@ def check_image_tokens(tokens_BxS, images_BxIxRxRx3, config: PaliGemmaConfig) ->
   Inside `jax.jit` the token values are unknown, so callers check before jitting (the public API
   does); outside jit this catches the mismatch that would otherwise silently misplace features.
   """
+  if images_BxIxRxRx3 is not None:
+    _check_images_rank(images_BxIxRxRx3)
   if isinstance(tokens_BxS, jax.core.Tracer):
     return
   counts = (np.asarray(tokens_BxS) == config.image_token_id).sum(axis=1)
@@ -112,6 +111,13 @@ def check_image_tokens(tokens_BxS, images_BxIxRxRx3, config: PaliGemmaConfig) ->
         f"the same number of images and image size")
 
 
+def _check_images_rank(images) -> None:
+  if images.ndim != 5:
+    raise ValueError(
+        f"images must be [batch, images_per_example, height, width, 3], got shape "
+        f"{tuple(images.shape)}; add an images axis with images[:, None]")
+
+
 def dummy_inputs(config: PaliGemmaConfig, batch: int = 1, text_len: int = 4) -> tuple:
   """Tokens, images, input_mask and mask_ar of the right shapes: one image, a short prompt."""
   m, r = config.vision.num_patches, config.vision.image_size
@@ -125,7 +131,8 @@ def dummy_inputs(config: PaliGemmaConfig, batch: int = 1, text_len: int = 4) -> 
 
 def init_params(config: PaliGemmaConfig, rng: jax.Array) -> dict:
   """Random parameters {"params": ...} as a plain pytree (logical-axis boxes removed)."""
-  return nn.unbox(PaliGemma(config).init(rng, *dummy_inputs(config)))
+  inputs = dummy_inputs(config)  # closed over: concrete, so the placeholder check still runs
+  return jax.jit(lambda key: nn.unbox(PaliGemma(config).init(key, *inputs)))(rng)
 
 
 def param_shapes(config: PaliGemmaConfig) -> dict:
