@@ -34,7 +34,7 @@ PG1 = TinySpec()
 PG2 = TinySpec(gemma_version=2, num_kv_heads=2, attn_softcap=5.0, final_softcap=3.0,
                sliding_window=4096)
 PG2_WINDOW = dataclasses.replace(PG2, sliding_window=5)
-PG2_28B_HEADS = dataclasses.replace(PG2, head_dim=32, query_pre_attn_scalar=24, num_heads=4,
+PG2_28B_HEADS = dataclasses.replace(PG2, head_dim=128, query_pre_attn_scalar=144, num_heads=4,
                                     num_kv_heads=2)
 
 

@@ -101,8 +101,8 @@ def test_config_follows_checkpoint(tmp_path):
   model.save_pretrained(tmp_path)
   config, _ = load_hf_checkpoint(str(tmp_path))
   text = config.text
-  assert (text.version, text.num_heads, text.num_kv_heads, text.head_dim) == (2, 4, 2, 32)
-  assert text.attn_scale == pytest.approx(24**-0.5)
+  assert (text.version, text.num_heads, text.num_kv_heads, text.head_dim) == (2, 4, 2, 128)
+  assert text.attn_scale == pytest.approx(1 / 12)
   assert (text.attn_logit_softcap, text.final_logit_softcap) == (5.0, 3.0)
   assert text.sliding_window == 4096 and config.image_token_id == O.IMAGE_TOKEN
 
