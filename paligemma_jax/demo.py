@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 
 from paligemma_jax.api import make_processor
-from paligemma_jax.data import train_standin_tokenizer
+from paligemma_jax.data import Tokenizer, train_standin_tokenizer
 from paligemma_jax.inference import generate
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig, init_params, param_count
 
@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     tokenizer_path = train_standin_tokenizer(f"{tmp}/standin")
     print(f"[1/4] trained a stand-in Gemma tokenizer ({time.perf_counter() - t0:.2f}s)")
-    from paligemma_jax.data import Tokenizer
     tokenizer = Tokenizer(tokenizer_path)
     config = demo_config(tokenizer.vocab_size + 64 - tokenizer.vocab_size % 64,
                          tokenizer.image_token_id)

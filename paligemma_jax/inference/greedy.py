@@ -48,32 +48,39 @@ def greedy_generate(params: dict, tokens_BxS: jax.Array, images: jax.Array | Non
   logits_BxSxV, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
                                     future(sliding), cache, method=PaliGemma.decode)
 
-  def cond(state):
-    step, _, _, _, done, *_ = state
-    return (step < max_new_tokens) & ~jnp.all(done)
-
-  def body(state):
-    step, logits_BxV, out_BxN, out_logits, done, cache, keys_BxC, pos_B = state
+  def record(state):
+    """Picks the token of this step from the logits and writes it out."""
+    step, logits_BxV, out_BxN, out_logits, done, *rest = state
     token_B = jnp.where(done, pad_id, jnp.argmax(logits_BxV, axis=-1))
     out_BxN = out_BxN.at[:, step].set(token_B)
     out_logits = out_logits.at[:, step].set(logits_BxV)
-    done = done | (token_B == eos_id)
+    return (step, logits_BxV, out_BxN, out_logits, done | (token_B == eos_id), *rest)
+
+  def advance(state):
+    """Feeds this step's token through the decoder: the logits of the next step."""
+    step, _, out_BxN, out_logits, done, cache, keys_BxC, pos_B = state
     index = s + step
     keys_BxC = keys_BxC.at[:, index].set(True)
     pos_B = pos_B + 1
-    x_Bx1xD = model.apply(params, token_B[:, None], None, method=PaliGemma.embed_inputs)
+    x_Bx1xD = model.apply(params, out_BxN[:, step, None], None, method=PaliGemma.embed_inputs)
     mask_Bx1xC = keys_BxC[:, None, :]
     logits_Bx1xV, cache = model.apply(
         params, x_Bx1xD, pos_B[:, None], mask_Bx1xC, _window(mask_Bx1xC, index[None], window),
         cache, method=PaliGemma.decode)
     return step + 1, logits_Bx1xV[:, 0], out_BxN, out_logits, done, cache, keys_BxC, pos_B
 
+  # N tokens need N - 1 decoder steps after the prefill: the last token is recorded, not fed.
+  def cond(state):
+    step, _, _, _, done, *_ = state
+    return (step < max_new_tokens - 1) & ~jnp.all(done)
+
   v = logits_BxSxV.shape[-1]
   keys_BxC = jnp.pad(input_mask_BxS.astype(bool), ((0, 0), (0, max_new_tokens)))
   state = (jnp.int32(0), logits_BxSxV[:, -1], jnp.full((b, max_new_tokens), pad_id, jnp.int32),
            jnp.zeros((b, max_new_tokens, v), jnp.float32), jnp.zeros((b,), bool), cache,
            keys_BxC, positions_BxS[:, -1])
-  _, _, out_BxN, out_logits, *_ = jax.lax.while_loop(cond, body, state)
+  state = jax.lax.while_loop(cond, lambda st: advance(record(st)), state)
+  _, _, out_BxN, out_logits, *_ = record(state)
   return out_BxN, out_logits
 
 
