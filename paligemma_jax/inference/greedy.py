@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paligemma_jax.models import (KVCache, PaliGemma, PaliGemmaConfig, default_positions,
-                                  prefix_lm_mask, sliding_window_mask)
+from paligemma_jax.models import (KVCache, PaliGemma, PaliGemmaConfig, attention_masks,
+                                  default_positions)
 
 
 def _window(mask_BxTxC: jax.Array, query_index_T: jax.Array, window: int | None):
@@ -41,12 +41,13 @@ def greedy_generate(params: dict, tokens_BxS: jax.Array, images: jax.Array | Non
       params, images, method=PaliGemma.encode_images)
   x_BxSxD = model.apply(params, tokens_BxS, image_tokens, method=PaliGemma.embed_inputs)
   positions_BxS = default_positions(input_mask_BxS, config.position_offset)
-  mask_BxSxS = prefix_lm_mask(input_mask_BxS, mask_ar_BxS)
-  sliding = None if window is None else sliding_window_mask(mask_BxSxS, mask_ar_BxS, window)
+  mask_BxSxS, sliding = attention_masks(config, input_mask_BxS, mask_ar_BxS)
   future = lambda m: None if m is None else jnp.pad(m, ((0, 0), (0, 0), (0, max_new_tokens)))
   cache = KVCache.zeros(config.text, b, c, config.compute_dtype)
-  logits_BxSxV, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
-                                    future(sliding), cache, method=PaliGemma.decode)
+  h_BxSxD, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
+                               future(sliding), cache, method=PaliGemma.decode_hidden)
+  # Only the last prompt position's logits are needed (prompts are left-padded).
+  logits_Bx1xV = model.apply(params, h_BxSxD[:, -1:], method=PaliGemma.logits)
 
   def record(state):
     """Picks the token of this step from the logits and writes it out."""
@@ -74,9 +75,9 @@ def greedy_generate(params: dict, tokens_BxS: jax.Array, images: jax.Array | Non
     step, _, _, _, done, *_ = state
     return (step < max_new_tokens - 1) & ~jnp.all(done)
 
-  v = logits_BxSxV.shape[-1]
+  v = logits_Bx1xV.shape[-1]
   keys_BxC = jnp.pad(input_mask_BxS.astype(bool), ((0, 0), (0, max_new_tokens)))
-  state = (jnp.int32(0), logits_BxSxV[:, -1], jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+  state = (jnp.int32(0), logits_Bx1xV[:, 0], jnp.full((b, max_new_tokens), pad_id, jnp.int32),
            jnp.zeros((b, max_new_tokens, v), jnp.float32), jnp.zeros((b,), bool), cache,
            keys_BxC, positions_BxS[:, -1])
   state = jax.lax.while_loop(cond, lambda st: advance(record(st)), state)

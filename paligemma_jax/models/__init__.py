@@ -5,13 +5,13 @@ from paligemma_jax.models.gemma import Gemma
 from paligemma_jax.models.kv_cache import KVCache
 from paligemma_jax.models.masks import (default_positions, mask_ar_from_token_type_ids,
                                         prefix_lm_mask, sliding_window_mask)
-from paligemma_jax.models.paligemma import (PaliGemma, check_image_tokens, init_params,
+from paligemma_jax.models.paligemma import (PaliGemma, attention_masks, check_image_tokens, init_params,
                                             param_count, param_shapes)
 from paligemma_jax.models.siglip import SigLIP
 from paligemma_jax.models.variants import VARIANTS, get_variant
 
 __all__ = [
     "GemmaConfig", "PaliGemmaConfig", "SigLIPConfig", "Gemma", "KVCache", "PaliGemma",
-    "SigLIP", "check_image_tokens", "init_params", "param_count", "param_shapes", "default_positions", "mask_ar_from_token_type_ids",
+    "SigLIP", "attention_masks", "check_image_tokens", "init_params", "param_count", "param_shapes", "default_positions", "mask_ar_from_token_type_ids",
     "prefix_lm_mask", "sliding_window_mask", "VARIANTS", "get_variant",
 ]

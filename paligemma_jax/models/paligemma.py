@@ -67,24 +67,36 @@ class PaliGemma(nn.Module):
     x_BxSxD = self.embed_inputs(tokens_BxS, image_tokens)
     if positions_BxS is None:
       positions_BxS = default_positions(input_mask_BxS, self.config.position_offset)
-    mask, sliding = self.attention_masks(input_mask_BxS, mask_ar_BxS)
+    mask, sliding = attention_masks(self.config, input_mask_BxS, mask_ar_BxS)
     h_BxSxD, _ = self.llm(x_BxSxD, positions_BxS, mask, sliding)
     return self.llm.logits(h_BxSxD)
 
-  def attention_masks(self, input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array
-                      ) -> tuple[jax.Array, jax.Array | None]:
-    """The [B, S, S] prefix-LM mask, and its sliding-window variant when the config has one."""
-    mask = prefix_lm_mask(input_mask_BxS, mask_ar_BxS)
-    window = self.config.text.sliding_window
-    sliding = None if window is None else sliding_window_mask(mask, mask_ar_BxS, window)
-    return mask, sliding
+  def decode_hidden(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
+                    sliding_mask_BxTxS: jax.Array | None, cache: KVCache | None
+                    ) -> tuple[jax.Array, KVCache | None]:
+    """Decoder pass on ready embeddings with explicit masks -> final hidden states [B, T, D]."""
+    return self.llm(x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS, cache)
+
+  def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of hidden states (tied embedding, final softcap)."""
+    return self.llm.logits(h_BxTxD)
 
   def decode(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
              sliding_mask_BxTxS: jax.Array | None, cache: KVCache | None
              ) -> tuple[jax.Array, KVCache | None]:
-    """Decoder pass on ready embeddings with explicit masks: the entry point of the sampler."""
-    h_BxTxD, cache = self.llm(x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS, cache)
-    return self.llm.logits(h_BxTxD), cache
+    """`decode_hidden` then `logits` at every position: the entry point of a decode step."""
+    h_BxTxD, cache = self.decode_hidden(x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS,
+                                        cache)
+    return self.logits(h_BxTxD), cache
+
+
+def attention_masks(config: PaliGemmaConfig, input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array
+                    ) -> tuple[jax.Array, jax.Array | None]:
+  """The [B, S, S] prefix-LM mask, and its sliding-window variant when the config has one."""
+  mask = prefix_lm_mask(input_mask_BxS, mask_ar_BxS)
+  window = config.text.sliding_window
+  sliding = None if window is None else sliding_window_mask(mask, mask_ar_BxS, window)
+  return mask, sliding
 
 
 def check_image_tokens(tokens_BxS, images_BxIxRxRx3, config: PaliGemmaConfig) -> None:
