@@ -7,6 +7,12 @@ import os
 import pathlib
 import shutil
 
+# Eight simulated CPU devices, so sharded runs can be compared with unsharded ones. This must be
+# set before jax is first imported; single-device tests still run on device 0.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
 import pytest
 import sentencepiece as spm
 

@@ -152,5 +152,12 @@ def param_shapes(config: PaliGemmaConfig) -> dict:
   return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
 
 
+def param_logical_axes(config: PaliGemmaConfig) -> dict:
+  """Logical axis names of every parameter (PartitionSpec leaves), shaped like the params."""
+  inputs = dummy_inputs(config)
+  boxed = jax.eval_shape(lambda key: PaliGemma(config).init(key, *inputs), jax.random.key(0))
+  return nn.get_partition_spec(boxed)
+
+
 def param_count(config: PaliGemmaConfig) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(config)))
