@@ -383,3 +383,17 @@ def test_config_dict_round_trip(cfg):
   assert PaliGemmaConfig.from_dict(d) == cfg
   assert PaliGemmaConfig.from_dict(json.loads(json.dumps(d))) == cfg  # JSON-safe
   assert hash(PaliGemmaConfig.from_dict(d)) == hash(cfg)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (1, 48), (1, 3, 48), (2, 1, 48)])
+def test_single_row_einsum_equals_plain_einsum(shape):
+  """The CPU single-row workaround (the row is duplicated, then sliced) changes no numbers."""
+  from paligemma_jax.models.layers import einsum_f32
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((48, 4, 8)), jnp.bfloat16)
+  spec = "BTD,DNH->BTNH" if len(shape) == 3 else "BD,DNH->BNH"
+  got = jax.jit(lambda x, w: einsum_f32(spec, x, w))(x, w)
+  want = jnp.einsum(spec, x.astype(jnp.float32), w.astype(jnp.float32))
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

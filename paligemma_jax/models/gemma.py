@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from paligemma_jax.models.attention import dot_product_attention
 from paligemma_jax.models.config import GemmaConfig, embed_scale
 from paligemma_jax.models.kv_cache import KVCache
-from paligemma_jax.models.layers import Einsum, RMSNorm, apply_rope, scan_layers
+from paligemma_jax.models.layers import Einsum, RMSNorm, apply_rope, einsum_f32, scan_layers
 
 
 class GemmaAttention(nn.Module):
@@ -163,8 +163,7 @@ class Gemma(nn.Module):
 
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
     """Tied-embedding logits in float32, with the final softcap when configured."""
-    logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, self.embedding.astype(self.dtype),
-                              preferred_element_type=jnp.float32)
+    logits_BxTxV = einsum_f32("BTD,VD->BTV", h_BxTxD, self.embedding.astype(self.dtype))
     cap = self.config.final_logit_softcap
     if cap:
       logits_BxTxV = cap * jnp.tanh(logits_BxTxV / cap)

@@ -16,6 +16,21 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 
 
+def einsum_f32(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """`jnp.einsum` accumulating in float32; `x`'s leading axes are batch-like (B, T, ...).
+
+  XLA:CPU rewrites a product with a single activation row (batch-1 decoding) into a
+  multiply-reduce that, in bf16, streams weights ~10x slower than its GEMM path does. On CPU a
+  lone row is therefore duplicated: the FLOPs double (still negligible), the weights are read
+  once at GEMM speed. Other backends run the plain einsum.
+  """
+  single_row = x.ndim >= 2 and x.shape[0] == 1 and (x.ndim == 2 or x.shape[1] == 1)
+  if single_row and jax.default_backend() == "cpu":
+    both = jnp.concatenate([x, x], axis=0)
+    return jnp.einsum(spec, both, w, preferred_element_type=jnp.float32)[:1]
+  return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
 def fan_in_init(in_axes: Sequence[int], out_axes: Sequence[int]) -> Initializer:
   """Truncated-normal init scaled by 1/sqrt(fan_in), for kernels with several in/out axes."""
   return nn.initializers.variance_scaling(
@@ -41,8 +56,7 @@ class Einsum(nn.Module):
     init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
     w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
                    self.param_dtype)
-    y = jnp.einsum(spec, x.astype(self.dtype), w.astype(self.dtype),
-                   preferred_element_type=jnp.float32)
+    y = einsum_f32(spec, x.astype(self.dtype), w.astype(self.dtype))
     if self.use_bias:
       b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                        self.axes[self.n_in:]),

@@ -1,0 +1,221 @@
+"""Prefill latency and decode speed: paligemma_jax against HF transformers, side by side.
+
+Default (CPU, what the issue asks): the real-width, reduced-depth PaliGemma 1 of the test suite
+(SigLIP So400m widths, Gemma-2B widths, 257,216-row vocab, `--layers` layers each), bf16, the
+same random weights on both sides. Prints, per batch size, prefill ms and decode ms/token for
+both, the ratios, and both against this machine's bf16 matmul peak and memory read bandwidth
+measured in the same run.
+
+`--full` (an accelerator): the real PaliGemma-3B-224 shapes with random weights, ours only,
+batch-1 decode ms/token against the HBM roofline and batch-64 examples/s.
+
+    python benchmarks/inference_speed.py                 # CPU, batch 1 and 8
+    python benchmarks/inference_speed.py --full          # GPU/TPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paligemma_jax.conversion import load_hf_checkpoint
+from paligemma_jax.inference import greedy_generate
+from paligemma_jax.models import get_variant, init_params
+
+IMAGE_TOKEN, VOCAB, RES = 257_152, 257_216, 224
+M = (RES // 14) ** 2
+
+
+def best_of(fn, repeats: int) -> float:
+  """Minimum wall time of `fn()` over `repeats` runs (after one warm-up), in seconds."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+# -- machine peaks, measured in this run ---------------------------------------------------------
+
+def matmul_peak(repeats: int = 5) -> float:
+  """bf16 FLOP/s of a prefill-shaped matmul (f32 accumulation, as the model does)."""
+  s, d, f = 512, 2048, 16384
+  x = jnp.ones((s, d), jnp.bfloat16)
+  w = jnp.ones((d, f), jnp.bfloat16)
+  mm = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32))
+  return 2 * s * d * f / best_of(lambda: mm(x, w).block_until_ready(), repeats)
+
+
+def read_bandwidth(repeats: int = 5) -> float:
+  """Bytes/s of the fastest of several ways to stream 1 GiB (the roofline's denominator).
+
+  A reduction alone may run on one core; a f32 matrix-vector product uses all of them. Taking
+  the best keeps the roofline honest (a low bandwidth would flatter every % figure).
+  """
+  rates = []
+  for dtype in (jnp.bfloat16, jnp.float32):
+    x = jnp.ones((1 << 30) // jnp.dtype(dtype).itemsize, dtype)
+    total = jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))
+    rates.append(x.nbytes / best_of(lambda: total(x).block_until_ready(), repeats))
+    del x
+  w = jnp.ones((1 << 16, 1 << 12), jnp.float32)
+  v = jnp.ones((2, 1 << 12), jnp.float32)
+  gemv = jax.jit(lambda w, v: jnp.dot(v, w.T))
+  rates.append(w.nbytes / best_of(lambda: gemv(w, v).block_until_ready(), repeats))
+  return max(rates)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def hf_reduced_depth(layers: int):
+  import torch
+  import transformers as tr
+  vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
+                num_hidden_layers=layers, num_attention_heads=16, patch_size=14, image_size=RES,
+                vision_use_head=False, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+  text = tr.GemmaConfig(hidden_size=2048, intermediate_size=16384, num_hidden_layers=layers,
+                        num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                        vocab_size=VOCAB, hidden_activation="gelu_pytorch_tanh")
+  config = tr.PaliGemmaConfig(vision_config=vision, text_config=text.to_dict(),
+                              image_token_index=IMAGE_TOKEN, vocab_size=VOCAB,
+                              projection_dim=2048)
+  torch.manual_seed(0)
+  model = tr.PaliGemmaForConditionalGeneration(config).eval()
+  with torch.no_grad():  # fan-in scale, so logits are not flat and decoding is not trivial
+    for name, p in model.named_parameters():
+      if p.ndim >= 2:
+        p.normal_(0, p.shape[-1] ** -0.5 if "embed" not in name else 1.0)
+  model.generation_config.pad_token_id = 0
+  return model.to(torch.bfloat16)
+
+
+def prompts(batch: int, text: int, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  tokens = np.concatenate([np.full((batch, M), IMAGE_TOKEN),
+                           rng.integers(4, 256_000, (batch, text))], 1).astype(np.int32)
+  return {"tokens": tokens, "input_mask": np.ones(tokens.shape, bool),
+          "mask_ar": np.zeros(tokens.shape, np.int32),
+          "images": rng.uniform(-1, 1, (batch, 1, RES, RES, 3)).astype(np.float32)}
+
+
+def ours_timer(config, params, batch: dict, repeats: int):
+  """seconds(n) of prefill + n greedy tokens (eos disabled so every row runs n steps)."""
+  def seconds(n: int) -> float:
+    run = lambda: greedy_generate(params, batch["tokens"], batch["images"], batch["input_mask"],
+                                  batch["mask_ar"], config=config, max_new_tokens=n,
+                                  eos_id=-1)[0].block_until_ready()
+    return best_of(run, repeats)
+  return seconds
+
+
+def hf_timer(model, batch: dict, repeats: int):
+  import torch
+  ids = torch.as_tensor(batch["tokens"], dtype=torch.long)
+  mask = torch.as_tensor(batch["input_mask"], dtype=torch.long)
+  pixels = torch.as_tensor(batch["images"][:, 0].transpose(0, 3, 1, 2)).bfloat16()
+
+  def seconds(n: int) -> float:
+    def run():
+      with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
+                       max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
+    return best_of(run, repeats)
+  return seconds
+
+
+def phases(seconds, new_tokens: int) -> tuple[float, float]:
+  """(prefill s, decode s/token): one token is the prefill; the rest are decode steps."""
+  one = seconds(1)
+  return one, (seconds(new_tokens + 1) - one) / new_tokens
+
+
+def decode_bytes(config, batch: int, context: int) -> float:
+  """LLM weights (embedding once, as the LM head) + the KV cache read per decode step."""
+  t = config.text
+  w = t.vocab_size * t.width + t.depth * (2 * t.num_heads * t.head_dim * t.width +
+                                          2 * t.num_kv_heads * t.head_dim * t.width +
+                                          3 * t.width * t.mlp_dim + 2 * t.width)
+  kv = 2 * t.depth * t.num_kv_heads * t.head_dim * batch * context
+  return 2 * (w + kv)  # bf16
+
+
+def prefill_flops(config, batch: int, s: int) -> float:
+  t, v = config.text, config.vision
+  vit = 2 * M * (v.depth * (4 * v.width ** 2 + 2 * v.width * v.mlp_dim) + 14 * 14 * 3 * v.width
+                 + v.width * t.width) + 4 * M * M * v.width * v.depth
+  llm = 2 * s * t.depth * (2 * t.num_heads * t.head_dim * t.width +
+                           2 * t.num_kv_heads * t.head_dim * t.width + 3 * t.width * t.mlp_dim)
+  attn = 4 * s * s * t.num_heads * t.head_dim * t.depth
+  return batch * (vit + llm + attn + 2 * t.vocab_size * t.width)
+
+
+def cpu_benchmark(args) -> None:
+  print(f"devices: {jax.devices()}")
+  peak, bw = matmul_peak(), read_bandwidth()
+  print(f"measured: bf16 matmul {peak / 1e9:.1f} GFLOP/s, read bandwidth {bw / 1e9:.1f} GB/s")
+  model = hf_reduced_depth(args.layers)
+  with tempfile.TemporaryDirectory() as folder:
+    model.save_pretrained(folder)
+    config, params = load_hf_checkpoint(folder)
+  print(f"model: real width, {args.layers} layers each, vocab {VOCAB}, bf16 weights on both "
+        f"sides; prompt {M} image + {args.text} text tokens, {args.new_tokens} new tokens")
+  print("'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
+        "step time; 'ours f32' upcasts the same weights to f32 (the CPU serving recipe: XLA:CPU "
+        "has no bandwidth-bound bf16 GEMV on chips without bf16 units), so it reads 2x the bytes")
+  header = ("batch", "prefill ms ours/HF", "ratio", "% peak ours/HF", "decode ms/tok ours/HF",
+            "ratio", "% roofline ours/HF")
+  print(" | ".join(header))
+  f32_config = config.replace(dtype="float32", param_dtype="float32")
+  f32_params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+  for b in args.batch:
+    batch = prompts(b, args.text)
+    s = batch["tokens"].shape[1]
+    hf_pre, hf_dec = phases(hf_timer(model, batch, args.repeats), args.new_tokens)
+    flops = prefill_flops(config, b, s)
+    floor = decode_bytes(config, b, s + args.new_tokens) / bw
+    for name, cfg, prm in (("ours bf16", config, params), ("ours f32", f32_config, f32_params)):
+      pre, dec = phases(ours_timer(cfg, prm, batch, args.repeats), args.new_tokens)
+      print(f"{b} {name} | {pre * 1e3:.0f} / {hf_pre * 1e3:.0f} | {hf_pre / pre:.2f}x | "
+            f"{100 * flops / pre / peak:.0f}% / {100 * flops / hf_pre / peak:.0f}% | "
+            f"{dec * 1e3:.1f} / {hf_dec * 1e3:.1f} | {hf_dec / dec:.2f}x | "
+            f"{100 * floor / dec:.0f}% / {100 * floor / hf_dec:.0f}%", flush=True)
+
+
+def full_benchmark(args) -> None:
+  print(f"devices: {jax.devices()}")
+  config = get_variant("paligemma_3b_224").replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = init_params(config, jax.random.key(0, impl="rbg"))
+  bw = read_bandwidth()
+  print(f"measured read bandwidth {bw / 1e9:.0f} GB/s")
+  for b in (1, 64):
+    batch = prompts(b, args.text)
+    batch["tokens"][:, :M] = config.image_token_id
+    pre, dec = phases(ours_timer(config, params, batch, args.repeats), args.new_tokens)
+    floor = decode_bytes(config, b, batch["tokens"].shape[1] + args.new_tokens) / bw
+    total = pre + dec * args.new_tokens
+    print(f"batch {b}: prefill {pre * 1e3:.1f} ms, decode {dec * 1e3:.2f} ms/token "
+          f"(roofline at measured bandwidth {floor * 1e3:.2f} ms, {100 * floor / dec:.0f}%), "
+          f"{b / total:.1f} examples/s for {args.new_tokens} tokens")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--layers", type=int, default=2)
+  parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+  parser.add_argument("--text", type=int, default=16, help="prompt text tokens")
+  parser.add_argument("--new_tokens", type=int, default=16)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--full", action="store_true", help="PaliGemma-3B-224 on an accelerator")
+  args = parser.parse_args()
+  (full_benchmark if args.full else cpu_benchmark)(args)
+
+
+if __name__ == "__main__":
+  main()
