@@ -1,0 +1,68 @@
+"""What `infer.py` does, as a function of plain arguments (the flags)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from paligemma_jax.inference.batch_infer import load_image, run_jsonl
+from paligemma_jax.inference.beam import BeamSearch
+from paligemma_jax.inference.mask_view import attention_mask_text
+from paligemma_jax.inference.overlay import save_overlay
+from paligemma_jax.inference.pipeline import Pipeline, Result
+from paligemma_jax.inference.sampling import GREEDY, Sampler
+
+SAMPLERS = ("greedy", "sample", "beam")
+
+
+def decoding_options(sampler: str, temperature: float, top_k: int, top_p: float,
+                     num_beams: int, length_penalty: float, seed: int) -> dict[str, Any]:
+  """Keyword arguments for `Pipeline.__call__` from the sampler flags (one-line errors)."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+  if sampler == "beam":
+    return {"beam": BeamSearch(num_beams=num_beams, length_penalty=length_penalty)}
+  if sampler == "sample":
+    return {"sampler": Sampler("sample", temperature=temperature, top_k=top_k, top_p=top_p),
+            "seed": seed}
+  return {"sampler": GREEDY}
+
+
+def describe(result: Result) -> str:
+  lines = [result.text]
+  for o in result.objects or []:
+    mask = "" if o.mask is None else f", mask {int(o.mask.sum())} px"
+    lines.append(f"  {o.label or '(no label)'}: box y0={o.box[0]} x0={o.box[1]} "
+                 f"y1={o.box[2]} x1={o.box[3]}{mask}")
+  return "\n".join(lines)
+
+
+def main(*, checkpoint: str, tokenizer: str, images: Sequence[str], prompt: str | None,
+         input_jsonl: str | None, output_jsonl: str | None, max_new_tokens: int,
+         batch_size: int, as_json: bool, overlay: str | None, vqvae: str | None,
+         overwrite: bool, show_mask: bool, max_length: int, **sampler_flags: Any) -> str:
+  """Runs one prompt (returns the text to print) or a JSONL batch (returns the summary)."""
+  options = decoding_options(**sampler_flags)
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+  if input_jsonl is None and (prompt is None or not images):
+    raise ValueError("give --image and --prompt, or --input_jsonl and --output_jsonl")
+  if input_jsonl is not None and output_jsonl is None:
+    raise ValueError("--input_jsonl needs --output_jsonl")
+  if overlay and os.path.exists(overlay) and not overwrite:
+    raise FileExistsError(f"{overlay} exists; pass --overwrite to replace it")
+  pipe = Pipeline.load(checkpoint, tokenizer, vqvae=vqvae, max_length=max_length)
+  if input_jsonl is not None:
+    summary = run_jsonl(pipe, input_jsonl, output_jsonl, batch_size=batch_size,
+                        overwrite=overwrite, max_new_tokens=max_new_tokens, **options)
+    return f"wrote {output_jsonl}: {summary}"
+  loaded = [load_image(path) for path in images]
+  row = loaded if len(loaded) > 1 else loaded[0]
+  [result] = pipe([row], [prompt], max_new_tokens=max_new_tokens, **options)
+  if overlay:
+    save_overlay(loaded[0], result.objects or [], overlay)
+  out = json.dumps(result.to_json()) if as_json else describe(result)
+  if show_mask:
+    out = attention_mask_text(pipe.processor, pipe.config, prompt) + "\n\n" + out
+  return out

@@ -1,0 +1,180 @@
+"""Decoding on device: prefill the prompt into an explicit KV cache, then one token per step
+inside `lax.while_loop`, the token chosen by a `Sampler` (greedy, temperature, top-k, top-p).
+
+Prompts are left-padded (the processor's default), so every row's last prompt token sits in the
+last column and all rows write the cache at the same index. Letters: B batch, S prompt length,
+N new tokens, C = S + N cache length, V vocab.
+
+`prefill`, `feed` and `DecodeState` are the steps that beam search (beam.py) shares.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paligemma_jax.inference.sampling import GREEDY, Sampler, choose_tokens, token_logprobs
+from paligemma_jax.models import (KVCache, PaliGemma, PaliGemmaConfig, attention_masks,
+                                  default_positions)
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """What a decode step needs besides the token: the cache and where each row may look."""
+  cache: KVCache  # written up to cache.length (the next write index, the same for all rows)
+  keys_BxC: jax.Array  # bool: the cache slots each row attends (its prompt + tokens fed so far)
+  positions_B: jax.Array  # int32: position id of the last token written to the cache
+
+  def take(self, rows_R: jax.Array) -> "DecodeState":
+    """The state of rows `rows_R` (int [R]): beam expansion and reordering."""
+    cache = KVCache(k=self.cache.k[:, rows_R], v=self.cache.v[:, rows_R],
+                    length=self.cache.length)
+    return DecodeState(cache, self.keys_BxC[rows_R], self.positions_B[rows_R])
+
+
+def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
+            input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, max_new_tokens: int
+            ) -> tuple[jax.Array, DecodeState]:
+  """Runs the prompt through the model into a cache of S + N slots.
+
+  Returns the float32 logits [B, V] that predict the first new token, and the state.
+  """
+  config = model.config
+  b, s = tokens_BxS.shape
+  image_tokens = None if images is None else model.apply(
+      params, images, method=PaliGemma.encode_images)
+  x_BxSxD = model.apply(params, tokens_BxS, image_tokens, method=PaliGemma.embed_inputs)
+  positions_BxS = default_positions(input_mask_BxS, config.position_offset)
+  mask_BxSxS, sliding = attention_masks(config, input_mask_BxS, mask_ar_BxS)
+  future = lambda m: None if m is None else jnp.pad(m, ((0, 0), (0, 0), (0, max_new_tokens)))
+  cache = KVCache.zeros(config.text, b, s + max_new_tokens, config.compute_dtype)
+  h_BxSxD, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
+                               future(sliding), cache, method=PaliGemma.decode_hidden)
+  # Only the last prompt position's logits are needed (prompts are left-padded).
+  logits_Bx1xV = model.apply(params, h_BxSxD[:, -1:], method=PaliGemma.logits)
+  keys_BxC = jnp.pad(input_mask_BxS.astype(bool), ((0, 0), (0, max_new_tokens)))
+  return logits_Bx1xV[:, 0], DecodeState(cache, keys_BxC, positions_BxS[:, -1])
+
+
+def _embed_text(model: PaliGemma, tokens_BxT: jax.Array) -> jax.Array:
+  """Embeddings of generated tokens. They are text: a generated `<image>` id (HF checkpoints have
+  a row for it) is embedded as its own row, as HF's decode steps do, not as a placeholder."""
+  return model.llm.embed(tokens_BxT)
+
+
+def feed(model: PaliGemma, params: dict, tokens_B: jax.Array, state: DecodeState
+         ) -> tuple[jax.Array, DecodeState]:
+  """Writes one token per row into the cache; returns the logits [B, V] of the next token."""
+  index = state.cache.length
+  keys_BxC = state.keys_BxC.at[:, index].set(True)
+  positions_B = state.positions_B + 1
+  x_Bx1xD = model.apply(params, tokens_B[:, None], method=_embed_text)
+  mask_Bx1xC = keys_BxC[:, None, :]
+  window = model.config.text.sliding_window
+  sliding = None
+  if window is not None:  # decoded tokens are never in the prefix block: a plain window
+    sliding = mask_Bx1xC & ((index - jnp.arange(keys_BxC.shape[1])) < window)[None, None]
+  logits_Bx1xV, cache = model.apply(params, x_Bx1xD, positions_B[:, None], mask_Bx1xC, sliding,
+                                    state.cache, method=PaliGemma.decode)
+  return logits_Bx1xV[:, 0], DecodeState(cache, keys_BxC, positions_B)
+
+
+class Generation(NamedTuple):
+  """Output of `decode_tokens`; after a row's eos its tokens are `pad_id` and log-probs 0."""
+  tokens: jax.Array  # int32 [B, N]
+  logprobs: jax.Array  # float32 [B, N]: log p(token) under the model (before any warping)
+  logits: jax.Array | None  # float32 [B, N, V] when keep_logits, else None
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "pad_id", "sampler",
+                                             "keep_logits"))
+def decode_tokens(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
+                  input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, rng: jax.Array | None = None,
+                  *, config: PaliGemmaConfig, max_new_tokens: int, eos_id: int, pad_id: int = 0,
+                  sampler: Sampler = GREEDY, keep_logits: bool = False) -> Generation:
+  """N new tokens per row of a left-padded prompt batch, stopping when every row has hit eos.
+
+  `eos_id` is traced (a new eos does not recompile); -1 means none. Step n draws with
+  `fold_in(rng, n)` (rows: see `choose_tokens`); greedy needs no `rng`.
+  """
+  model = PaliGemma(config)
+  b, n = tokens_BxS.shape[0], max_new_tokens
+  logits_BxV, decode_state = prefill(model, params, tokens_BxS, images, input_mask_BxS,
+                                     mask_ar_BxS, n)
+
+  def record(step, logits_BxV, out: Generation, done_B):
+    """Chooses the tokens of `step` from its logits and writes them out."""
+    key = None if rng is None else jax.random.fold_in(rng, step)
+    token_B = jnp.where(done_B, pad_id, choose_tokens(logits_BxV, sampler, key))
+    logprob_B = jnp.where(done_B, 0.0, token_logprobs(logits_BxV, token_B))
+    out = Generation(out.tokens.at[:, step].set(token_B), out.logprobs.at[:, step].set(logprob_B),
+                     None if out.logits is None else out.logits.at[:, step].set(logits_BxV))
+    return out, done_B | (token_B == eos_id)
+
+  def body(carry):
+    """Feeds the last token through the decoder and records the next one."""
+    step, out, done_B, decode_state = carry
+    logits_BxV, decode_state = feed(model, params, out.tokens[:, step], decode_state)
+    out, done_B = record(step + 1, logits_BxV, out, done_B)
+    return step + 1, out, done_B, decode_state
+
+  # N tokens need N - 1 decoder steps after the prefill: the last token is recorded, not fed.
+  def cond(carry):
+    step, _, done_B, _ = carry
+    return (step < n - 1) & ~jnp.all(done_B)
+
+  empty = Generation(jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
+                     jnp.zeros((b, n, logits_BxV.shape[-1]), jnp.float32) if keep_logits else None)
+  out, done_B = record(jnp.int32(0), logits_BxV, empty, jnp.zeros((b,), bool))
+  _, out, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), out, done_B, decode_state))
+  return out
+
+
+def greedy_generate(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
+                    input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, *,
+                    config: PaliGemmaConfig, max_new_tokens: int, eos_id: int, pad_id: int = 0
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Returns (new tokens [B, N], their logits [B, N, V]); after eos a row holds `pad_id`."""
+  out = decode_tokens(params, tokens_BxS, images, input_mask_BxS, mask_ar_BxS, config=config,
+                      max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                      keep_logits=True)
+  return out.tokens, out.logits
+
+
+def check_prompt_batch(batch: dict, max_new_tokens: int) -> None:
+  """One-line errors for what decoding cannot take: no new tokens, right-padded prompts."""
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if not np.asarray(batch["input_mask"])[:, -1].all():
+    raise ValueError("prompts must be left-padded for decoding: build the batch with "
+                     "padding_side='left'")
+
+
+def as_key(seed: int | jax.Array) -> jax.Array:
+  """A jax.random key from an int seed (or a key, returned as is)."""
+  return jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+
+
+def generate(config: PaliGemmaConfig, params: dict, batch: dict, max_new_tokens: int,
+             eos_id: int, *, sampler: Sampler = GREEDY, seed: int | jax.Array = 0,
+             return_logprobs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+  """Continuation [B, max_new_tokens] of a left-padded, prompt-only processor batch.
+
+  Greedy by default; `sampler=Sampler("sample", temperature=..., top_k=..., top_p=...)` samples,
+  reproducibly for a given `seed` (an int or a jax.random key). After a row's eos it holds pad
+  (0). With `return_logprobs`, also returns each token's model log-probability [B, N] (0 after
+  eos): their sum over a row is the sequence's log-likelihood.
+  """
+  check_prompt_batch(batch, max_new_tokens)
+  rng = None if sampler.kind == "greedy" else as_key(seed)
+  out = decode_tokens(params, batch["tokens"], batch["images"], batch["input_mask"],
+                      batch["mask_ar"], rng, config=config, max_new_tokens=max_new_tokens,
+                      eos_id=eos_id, sampler=sampler)
+  if return_logprobs:
+    return np.asarray(out.tokens), np.asarray(out.logprobs)
+  return np.asarray(out.tokens)
