@@ -123,7 +123,7 @@ class ParamsWriter:
   Each `write` is an Orbax partial save, so host memory holds only the leaves of one call.
   """
 
-  def __init__(self, path: str | os.PathLike, config: PaliGemmaConfig, *,
+  def __init__(self, path: str | os.PathLike, config: PaliGemmaConfig | None, *,
                overwrite: bool = False):
     self._dest = _AtomicDestination(path, overwrite)
     self._config = config
@@ -142,8 +142,8 @@ class ParamsWriter:
     arrays = {k: v if isinstance(v, jax.Array) else np.asarray(v) for k, v in leaves.items()}
     # The config rides along as custom metadata (merged across partial saves).
     with _quiet():
-      ocp1.partial.save(self._dest.tmp, _nest(arrays),
-                        custom_metadata={CONFIG_KEY: self._config.to_dict()})
+      ocp1.partial.save(self._dest.tmp, _nest(arrays), custom_metadata=(
+          {} if self._config is None else {CONFIG_KEY: self._config.to_dict()}))
     self._written.update(leaves)
 
   def __exit__(self, exc_type, exc, tb) -> None:
@@ -220,6 +220,18 @@ def read_leaves(path: str | os.PathLike, names: list[str], dtype: Any = None
   with _quiet(), _partial_context():
     out = ocp1.load_pytree(os.fspath(path), _nest(target))
   return {n: np.asarray(v) for n, v in _flat(out).items()}
+
+
+def save_tree(path: str | os.PathLike, tree: Mapping[str, Any], *, overwrite: bool = False
+              ) -> None:
+  """Any nested dict of arrays (e.g. the segmentation VQ-VAE's params), atomically."""
+  with ParamsWriter(path, None, overwrite=overwrite) as writer:
+    writer.write(_flat(tree))
+
+
+def load_tree(path: str | os.PathLike) -> dict:
+  """The nested dict of host numpy arrays written by `save_tree` (or `save_params`)."""
+  return _nest(read_leaves(path, list(leaf_specs(path))))
 
 
 def load_params(path: str | os.PathLike, *, shardings: Any = None, dtype: Any = None

@@ -68,6 +68,15 @@ def test_streamed_writer_equals_whole_save_and_reads_single_leaves(tmp_path):
     C.read_leaves(tmp_path / "streamed", ["params/nope"])
 
 
+def test_any_tree_round_trips_without_a_config(tmp_path):
+  tree = {"decoder": {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}},
+          "codebook": np.ones((4, 2), np.float32)}
+  C.save_tree(tmp_path / "vq", tree)
+  _assert_identical(tree, C.load_tree(tmp_path / "vq"))
+  with pytest.raises(C.CheckpointError, match="no PaliGemma config"):
+    C.read_config(tmp_path / "vq")
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path):
   flat = C._flat(random_params(PG2))
   with pytest.raises(RuntimeError, match="disk on fire"):
