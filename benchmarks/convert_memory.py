@@ -1,0 +1,142 @@
+"""Peak memory and time of checkpoint conversion at real size (random weights, real shapes).
+
+  python benchmarks/convert_memory.py                       # paligemma_3b_224, bf16 (~5.9 GB)
+  python benchmarks/convert_memory.py --variant paligemma2_3b_448 --dtype float32 --workdir /big
+
+Writes a random HF checkpoint of the variant's shapes (257,216 embedding rows, as the hub's),
+then converts HF -> Orbax -> HF -> npz -> Orbax, each step in a fresh Python process, and reports
+each child's peak resident memory (`ru_maxrss`, which counts mapped file pages too) against the
+target: peak <= 0.5 x checkpoint size + 1 GiB for the interpreter and its libraries (jax, orbax).
+Inputs are deleted as it goes (about 2x the checkpoint size of disk at the peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GiB = 1 << 30
+# A child: the conversion alone, timed, then its own peak RSS (kB on Linux) as JSON.
+CHILD = """
+import json, resource, sys, time
+from paligemma_jax.conversion import convert
+import paligemma_jax.checkpoints  # import everything first: the baseline is imports only
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+convert(sys.argv[1], sys.argv[2], dst_format=sys.argv[3], progress=False, log=lambda _: None)
+seconds = time.perf_counter() - start
+print(json.dumps({"base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "seconds": seconds}))
+"""
+
+
+# Generating the inputs, in a child too: the parent must stay small, because Linux records the
+# parent's peak RSS into a vfork()ed child's ru_maxrss at exec (subprocess uses vfork).
+GENERATE = """
+import sys, zlib
+import ml_dtypes, numpy as np
+from paligemma_jax.conversion import Source, write_hf, write_npz
+from paligemma_jax.conversion.streaming import native_specs
+from paligemma_jax.models import get_variant
+
+class RandomSource(Source):
+  # Random finite values of the variant's shapes from random bits (fast: no normal sampling);
+  # the top exponent bit is cleared so |x| < 2.
+  def __init__(self, variant, dtype, depth):
+    depths = {"text.depth": depth, "vision.depth": depth} if depth else {}
+    self.config = get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype)
+    self._specs = native_specs(self.config)
+
+  def specs(self):
+    return dict(self._specs)
+
+  def read(self, key):
+    spec = self._specs[key]
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    wide = spec.dtype == np.float32
+    bits = rng.integers(0, 1 << (32 if wide else 16), spec.shape,
+                        dtype=np.uint32 if wide else np.uint16)
+    bits &= bits.dtype.type(0xBFFFFFFF if wide else 0xBFFF)
+    return bits.view(spec.dtype)
+
+fmt, path, variant, dtype, depth = sys.argv[1:]
+source = RandomSource(variant, dtype, int(depth) or None)
+(write_hf if fmt == "hf" else write_npz)(source, path)
+"""
+
+
+def generate(fmt: str, path: str, args: argparse.Namespace) -> None:
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", GENERATE, fmt, path, args.variant, args.dtype,
+                  str(args.depth or 0)], check=True, cwd=REPO)
+  print(f"generated {fmt} ({size_on_disk(path) / 1e9:.2f} GB) in "
+        f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+def size_on_disk(path: str) -> int:
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def measure(src: str, dst: str, dst_format: str) -> dict:
+  out = subprocess.run([sys.executable, "-c", CHILD, src, dst, dst_format], check=True,
+                       capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, size: int, m: dict) -> dict:
+  peak, base = m["peak_kb"] * 1024, m["base_kb"] * 1024
+  target = 0.5 * size + GiB
+  row = dict(direction=name, checkpoint_gb=size / 1e9, peak_rss_gb=peak / 1e9,
+             imports_rss_gb=base / 1e9, peak_over_size=peak / size,
+             conversion_over_size=(peak - base) / size, seconds=m["seconds"],
+             meets_target=peak <= target)
+  print(f"{name:14s} checkpoint {size / 1e9:6.2f} GB  peak RSS {peak / 1e9:5.2f} GB "
+        f"(imports {base / 1e9:4.2f} GB)  peak/size {peak / size:4.2f}  "
+        f"(peak - imports)/size {(peak - base) / size:4.2f}  {m['seconds']:6.1f} s  "
+        f"target <= 0.5 x size + 1 GiB = {target / 1e9:.2f} GB: "
+        f"{'ok' if row['meets_target'] else 'MISSED'}", flush=True)
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--variant", default="paligemma_3b_224")
+  parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+  parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+  parser.add_argument("--json", default=None, help="also write the results here")
+  parser.add_argument("--depth", type=int, default=None,
+                      help="override both towers' depth (a quick run; real widths)")
+  args = parser.parse_args()
+  work = tempfile.mkdtemp(prefix="convert_memory_", dir=args.workdir)
+  print(f"{args.variant} {args.dtype}" + (f" depth {args.depth}" if args.depth else "")
+        + f": random checkpoints in {work}", flush=True)
+  rows = []
+  try:
+    hf, orbax, hf2, npz = (os.path.join(work, n) for n in ("hf", "orbax", "hf2", "bv.npz"))
+    generate("hf", hf, args)
+    rows.append(report("hf -> orbax", size_on_disk(hf), measure(hf, orbax, "orbax")))
+    shutil.rmtree(hf)
+    rows.append(report("orbax -> hf", size_on_disk(orbax), measure(orbax, hf2, "hf")))
+    shutil.rmtree(orbax)
+    rows.append(report("hf -> npz", size_on_disk(hf2), measure(hf2, npz, "npz")))
+    shutil.rmtree(hf2)
+    rows.append(report("npz -> orbax", size_on_disk(npz), measure(npz, orbax, "orbax")))
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(variant=args.variant, dtype=args.dtype, results=rows), f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,78 @@
+"""Convert PaliGemma checkpoints between HF safetensors, big_vision npz and Orbax params.
+
+  python convert_checkpoint.py --src paligemma2-3b-pt-224/ --dst pg2_3b_224_orbax/
+  python convert_checkpoint.py --src pt_3b_224.bf16.npz --dst pg2_hf/ --dst_format hf --verify
+  python convert_checkpoint.py --src pg_orbax/ --dst pg.npz --dtype bfloat16 --overwrite
+
+Formats are detected from the paths (a folder with *.safetensors is HF, *.npz is big_vision,
+another folder is Orbax; a destination not ending in .npz becomes the other folder format).
+Errors are printed as one line (exit code 1; 2 for bad flags), never as a traceback.
+The segmentation VQ-VAE (vae-oid.npz) has its own converter (paligemma_jax/conversion/vqvae.py);
+a --vqvae flag can route to it here once it lands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("src", None, "Source checkpoint: HF folder, big_vision .npz or Orbax folder.")
+flags.DEFINE_string("dst", None, "Destination path (must not exist unless --overwrite).")
+flags.DEFINE_enum("src_format", None, ["hf", "npz", "orbax"], "Source format (default: detect).")
+flags.DEFINE_enum("dst_format", None, ["hf", "npz", "orbax"],
+                  "Destination format (default: npz for *.npz, else hf<->orbax, npz->orbax).")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                  "Cast floating tensors to this dtype (default: keep dtypes bit-exactly).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing destination (atomically, at the end).")
+flags.DEFINE_string("max_shard_size", "5GB", "HF output: largest shard, e.g. 500MB, 5GB, 2GiB.")
+flags.DEFINE_string("variant", None, "npz source: the variant, e.g. paligemma2_28b_448 (needed "
+                    "when shapes cannot tell the attention scale).")
+flags.DEFINE_bool("verify", False, "Afterwards, compare logits of both sides on a random input.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _fail(message: str, code: int) -> None:
+  print(f"convert_checkpoint: error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}; every option is a --flag", 2)
+  if not FLAGS.src or not FLAGS.dst:
+    _fail("both --src and --dst are required", 2)
+  from paligemma_jax.conversion import convert  # after flag parsing: `--help` stays fast
+  try:
+    convert(FLAGS.src, FLAGS.dst, src_format=FLAGS.src_format, dst_format=FLAGS.dst_format,
+            dtype=FLAGS.dtype, overwrite=FLAGS.overwrite, max_shard_size=FLAGS.max_shard_size,
+            variant=FLAGS.variant, verify=FLAGS.verify, progress=FLAGS.progress)
+  except KeyboardInterrupt:
+    _fail("interrupted; the destination was left as it was", 1)
+  except Exception as e:  # noqa: BLE001 -- a CLI prints one line, never a traceback
+    # Expected failures (bad input, existing destination, disk full, failed verification) carry
+    # a one-line message; anything else is reported with its type so it can be looked up.
+    _fail(str(e) if _expected(e) else f"{type(e).__name__}: {e}", 1)
+
+
+def _expected(e: Exception) -> bool:
+  from paligemma_jax.conversion import CheckpointError
+  known = [CheckpointError]
+  orbax_side = sys.modules.get("paligemma_jax.checkpoints")  # only if it was imported at all
+  if orbax_side is not None:
+    known.append(orbax_side.CheckpointError)
+  return isinstance(e, tuple(known))
+
+
+def run() -> None:
+  app.define_help_flags()  # --help / --helpshort, as app.run would
+  try:
+    argv = FLAGS(sys.argv)
+  except flags.Error as e:
+    _fail(str(e), 2)
+  main(argv)
+
+
+if __name__ == "__main__":
+  run()
