@@ -397,3 +397,22 @@ def test_single_row_einsum_equals_plain_einsum(shape):
   want = jnp.einsum(spec, x.astype(jnp.float32), w.astype(jnp.float32))
   assert got.shape == want.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pg1", "pg2_window"])
+def test_unrolled_decode_steps_equal_scanned_ones(name):
+  """Decoding over per-layer params (the CPU default) is the scanned decoder's math."""
+  from paligemma_jax.inference import decode_tokens
+  config = F.CONFIGS[name]
+  params = F.random_params(config)
+  rng = np.random.default_rng(1)
+  m, r = config.vision.num_patches, config.vision.image_size
+  tokens = rng.integers(3, 100, (2, m + 4)).astype(np.int32)
+  tokens[:, :m] = config.image_token_id
+  args = (params, tokens, rng.uniform(-1, 1, (2, 1, r, r, 3)).astype(np.float32),
+          np.ones(tokens.shape, bool), np.zeros(tokens.shape, np.int32))
+  run = lambda unroll: decode_tokens(*args, config=config, max_new_tokens=6, eos_id=-1,
+                                     keep_logits=True, unroll_layers=unroll)
+  scanned, unrolled = run(False), run(True)
+  np.testing.assert_array_equal(np.asarray(scanned.tokens), np.asarray(unrolled.tokens))
+  np.testing.assert_allclose(np.asarray(scanned.logits), np.asarray(unrolled.logits), atol=1e-5)

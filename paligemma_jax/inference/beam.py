@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paligemma_jax.inference.decode import DecodeState, check_prompt_batch, feed, prefill
+from paligemma_jax.inference.decode import (DecodeState, check_prompt_batch, decode_layers, feed,
+                                            prefill)
 from paligemma_jax.models import PaliGemma, PaliGemmaConfig
 
 EARLY_STOPPING = (False, True, "never")
@@ -177,6 +178,7 @@ def _beam_search(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
                    jnp.zeros((b, k), bool), jnp.ones((b,), bool), jnp.zeros((b, k), jnp.int32),
                    jnp.bool_(True))
   search = select(jnp.int32(0), logits_BKxV, search)
+  layers = decode_layers(params, None)
 
   def body(carry: tuple[jax.Array, _Search, DecodeState]):
     """Reorders the cache to the surviving beams, feeds their tokens, selects the next."""
@@ -185,7 +187,7 @@ def _beam_search(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
     # `reorder_cache`), a copy of the cache per step.
     rows_BK = (jnp.arange(b)[:, None] * k + search.parents_BxK).reshape(b * k)
     tokens_BK = search.running_BxKxN[:, :, step].reshape(b * k)
-    logits_BKxV, decode_state = feed(model, params, tokens_BK, decode_state.take(rows_BK))
+    logits_BKxV, decode_state = feed(model, params, tokens_BK, decode_state.take(rows_BK), layers)
     return step + 1, select(step + 1, logits_BKxV, search), decode_state
 
   _, search, _ = jax.lax.while_loop(lambda carry: carry[1].going, body,

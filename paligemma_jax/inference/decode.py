@@ -20,7 +20,7 @@ import numpy as np
 
 from paligemma_jax.inference.sampling import GREEDY, Sampler, choose_tokens, token_logprobs
 from paligemma_jax.models import (KVCache, PaliGemma, PaliGemmaConfig, attention_masks,
-                                  default_positions)
+                                  default_positions, unstack_layers)
 
 
 @flax.struct.dataclass
@@ -67,9 +67,25 @@ def _embed_text(model: PaliGemma, tokens_BxT: jax.Array) -> jax.Array:
   return model.llm.embed(tokens_BxT)
 
 
-def feed(model: PaliGemma, params: dict, tokens_B: jax.Array, state: DecodeState
-         ) -> tuple[jax.Array, DecodeState]:
-  """Writes one token per row into the cache; returns the logits [B, V] of the next token."""
+def decode_layers(params: dict, unroll: bool | None) -> list[dict] | None:
+  """Per-layer params for the decode steps, or None to run the scanned layers.
+
+  Unrolled steps read each layer's weights in place; scanned steps make XLA:CPU copy every
+  layer's weights out of the stack on each step. None picks unrolled on CPU, where that copy is
+  most of a step (measured ~5x), and scanned elsewhere (compile time does not grow with depth).
+  Call it outside the decode loop: the slicing then happens once per generation.
+  """
+  if unroll is None:
+    unroll = jax.default_backend() == "cpu"
+  return unstack_layers(params) if unroll else None
+
+
+def feed(model: PaliGemma, params: dict, tokens_B: jax.Array, state: DecodeState,
+         layers: list[dict] | None = None) -> tuple[jax.Array, DecodeState]:
+  """Writes one token per row into the cache; returns the logits [B, V] of the next token.
+
+  `layers` (from `decode_layers`) runs the layers unrolled over per-layer params.
+  """
   index = state.cache.length
   keys_BxC = state.keys_BxC.at[:, index].set(True)
   positions_B = state.positions_B + 1
@@ -79,8 +95,11 @@ def feed(model: PaliGemma, params: dict, tokens_B: jax.Array, state: DecodeState
   sliding = None
   if window is not None:  # decoded tokens are never in the prefix block: a plain window
     sliding = mask_Bx1xC & ((index - jnp.arange(keys_BxC.shape[1])) < window)[None, None]
-  logits_Bx1xV, cache = model.apply(params, x_Bx1xD, positions_B[:, None], mask_Bx1xC, sliding,
-                                    state.cache, method=PaliGemma.decode)
+  args = (x_Bx1xD, positions_B[:, None], mask_Bx1xC, sliding, state.cache)
+  if layers is None:
+    logits_Bx1xV, cache = model.apply(params, *args, method=PaliGemma.decode)
+  else:
+    logits_Bx1xV, cache = model.apply(params, layers, *args, method=PaliGemma.decode_unrolled)
   return logits_Bx1xV[:, 0], DecodeState(cache, keys_BxC, positions_B)
 
 
@@ -92,20 +111,23 @@ class Generation(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "pad_id", "sampler",
-                                             "keep_logits"))
+                                             "keep_logits", "unroll_layers"))
 def decode_tokens(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
                   input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, rng: jax.Array | None = None,
                   *, config: PaliGemmaConfig, max_new_tokens: int, eos_id: int, pad_id: int = 0,
-                  sampler: Sampler = GREEDY, keep_logits: bool = False) -> Generation:
+                  sampler: Sampler = GREEDY, keep_logits: bool = False,
+                  unroll_layers: bool | None = None) -> Generation:
   """N new tokens per row of a left-padded prompt batch, stopping when every row has hit eos.
 
   `eos_id` is traced (a new eos does not recompile); -1 means none. Step n draws with
-  `fold_in(rng, n)` (rows: see `choose_tokens`); greedy needs no `rng`.
+  `fold_in(rng, n)` (rows: see `choose_tokens`); greedy needs no `rng`. `unroll_layers`: see
+  `decode_layers` (None: unrolled on CPU).
   """
   model = PaliGemma(config)
   b, n = tokens_BxS.shape[0], max_new_tokens
   logits_BxV, decode_state = prefill(model, params, tokens_BxS, images, input_mask_BxS,
                                      mask_ar_BxS, n)
+  layers = decode_layers(params, unroll_layers)
 
   def record(step, logits_BxV, out: Generation, done_B):
     """Chooses the tokens of `step` from its logits and writes them out."""
@@ -119,7 +141,7 @@ def decode_tokens(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
   def body(carry):
     """Feeds the last token through the decoder and records the next one."""
     step, out, done_B, decode_state = carry
-    logits_BxV, decode_state = feed(model, params, out.tokens[:, step], decode_state)
+    logits_BxV, decode_state = feed(model, params, out.tokens[:, step], decode_state, layers)
     out, done_B = record(step + 1, logits_BxV, out, done_B)
     return step + 1, out, done_B, decode_state
 

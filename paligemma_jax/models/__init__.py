@@ -6,7 +6,8 @@ from paligemma_jax.models.kv_cache import KVCache
 from paligemma_jax.models.masks import (default_positions, mask_ar_from_token_type_ids,
                                         prefix_lm_mask, sliding_window_mask)
 from paligemma_jax.models.paligemma import (PaliGemma, attention_masks, check_image_tokens, init_params,
-                                            param_count, param_logical_axes, param_shapes)
+                                            param_count, param_logical_axes, param_shapes,
+                                            unstack_layers)
 from paligemma_jax.models.siglip import SigLIP
 from paligemma_jax.models.variants import VARIANTS, get_variant
 from paligemma_jax.models.vqvae import (VQVAEDecoder, VQVAEEncoder, decode_codes, encode_masks,
@@ -14,7 +15,7 @@ from paligemma_jax.models.vqvae import (VQVAEDecoder, VQVAEEncoder, decode_codes
 
 __all__ = [
     "GemmaConfig", "PaliGemmaConfig", "SigLIPConfig", "Gemma", "KVCache", "PaliGemma",
-    "SigLIP", "attention_masks", "check_image_tokens", "init_params", "param_count", "param_logical_axes", "param_shapes", "default_positions", "mask_ar_from_token_type_ids",
+    "SigLIP", "attention_masks", "check_image_tokens", "init_params", "param_count", "param_logical_axes", "param_shapes", "unstack_layers", "default_positions", "mask_ar_from_token_type_ids",
     "prefix_lm_mask", "sliding_window_mask", "VARIANTS", "get_variant",
     "VQVAEDecoder", "VQVAEEncoder", "decode_codes", "encode_masks", "init_vqvae_params",
     "vqvae_param_shapes",

@@ -12,6 +12,8 @@ Parameters (scanned layers carry a leading "layers" axis of size L):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -159,6 +161,29 @@ class Gemma(nn.Module):
                               sliding_mask_BxTxS, index)
     if cache is not None:
       cache = KVCache(k=kv[0], v=kv[1], length=cache.length + x_BxTxD.shape[1])
+    return self.final_norm(x_BxTxD), cache
+
+  def unrolled(self, layers: Sequence[dict], x_BxTxD: jax.Array, positions_BxT: jax.Array,
+               mask_BxTxS: jax.Array, sliding_mask_BxTxS: jax.Array | None, cache: KVCache
+               ) -> tuple[jax.Array, KVCache]:
+    """`__call__` with a cache, one layer at a time over per-layer params (`unstack_layers`).
+
+    The same math as the scanned layers. Inside a decode loop XLA:CPU copies each layer's slice
+    of the stacked weights on every step (a full extra pass over the weights); params that are
+    already separate buffers are read in place, which makes CPU decode steps ~5x faster.
+    """
+    cfg = self.config
+    block = GemmaBlock(cfg, self.dtype, self.param_dtype, parent=None)  # applied functionally
+    if cfg.sliding_window is None:
+      sliding_mask_BxTxS = None
+    k, v = cache.k, cache.v
+    for i, layer in enumerate(layers):
+      is_sliding = jnp.bool_(i % 2 == 0 and cfg.sliding_window is not None)
+      x_BxTxD, (k_i, v_i) = block.apply({"params": layer}, x_BxTxD, is_sliding, (k[i], v[i]),
+                                        positions_BxT, mask_BxTxS, sliding_mask_BxTxS,
+                                        cache.length)
+      k, v = k.at[i].set(k_i), v.at[i].set(v_i)
+    cache = KVCache(k=k, v=v, length=cache.length + x_BxTxD.shape[1])
     return self.final_norm(x_BxTxD), cache
 
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:

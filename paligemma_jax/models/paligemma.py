@@ -11,6 +11,8 @@ case where all placeholders lead. Parameters: vision/..., projector/{w [W, D], b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,21 @@ class PaliGemma(nn.Module):
     h_BxTxD, cache = self.decode_hidden(x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS,
                                         cache)
     return self.logits(h_BxTxD), cache
+
+  def decode_unrolled(self, layers: Sequence[dict], x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                      mask_BxTxS: jax.Array, sliding_mask_BxTxS: jax.Array | None,
+                      cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """`decode` over per-layer params from `unstack_layers` (see `Gemma.unrolled`)."""
+    h_BxTxD, cache = self.llm.unrolled(layers, x_BxTxD, positions_BxT, mask_BxTxS,
+                                       sliding_mask_BxTxS, cache)
+    return self.logits(h_BxTxD), cache
+
+
+def unstack_layers(params: dict) -> list[dict]:
+  """The decoder's stacked layer params as one dict per layer (for `PaliGemma.decode_unrolled`)."""
+  stacked = params["params"]["llm"]["layers"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(depth)]
 
 
 def attention_masks(config: PaliGemmaConfig, input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array
