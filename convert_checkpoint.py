@@ -7,8 +7,10 @@
 Formats are detected from the paths (a folder with *.safetensors is HF, *.npz is big_vision,
 another folder is Orbax; a destination not ending in .npz becomes the other folder format).
 Errors are printed as one line (exit code 1; 2 for bad flags), never as a traceback.
-The segmentation VQ-VAE (vae-oid.npz) has its own converter (paligemma_jax/conversion/vqvae.py);
-a --vqvae flag can route to it here once it lands.
+With --vqvae the source is the segmentation VQ-VAE (vae-oid.npz), written as its own Orbax params
+(or an Orbax VQ-VAE back to npz when --dst ends in .npz):
+
+  python convert_checkpoint.py --vqvae --src vae-oid.npz --dst vae-oid/
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ flags.DEFINE_string("variant", None, "npz source: the variant, e.g. paligemma2_2
                     "when shapes cannot tell the attention scale).")
 flags.DEFINE_bool("verify", False, "Afterwards, compare logits of both sides on a random input.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("vqvae", False, "The source is the segmentation VQ-VAE (vae-oid.npz or its "
+                  "Orbax conversion), not a PaliGemma checkpoint.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -45,6 +49,10 @@ def main(argv: list[str]) -> None:
     _fail("both --src and --dst are required", 2)
   from paligemma_jax.conversion import convert  # after flag parsing: `--help` stays fast
   try:
+    if FLAGS.vqvae:
+      from paligemma_jax.conversion.vqvae import convert_vqvae
+      print(convert_vqvae(FLAGS.src, FLAGS.dst, overwrite=FLAGS.overwrite))
+      return
     convert(FLAGS.src, FLAGS.dst, src_format=FLAGS.src_format, dst_format=FLAGS.dst_format,
             dtype=FLAGS.dtype, overwrite=FLAGS.overwrite, max_shard_size=FLAGS.max_shard_size,
             variant=FLAGS.variant, verify=FLAGS.verify, progress=FLAGS.progress)

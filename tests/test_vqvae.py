@@ -248,3 +248,26 @@ def test_module_shape_errors():
     decode_codes(params["decoder"], np.zeros((2, 15), np.int32))
   with pytest.raises(ValueError, match="crop and resize them to 64x64"):
     encode_masks(params["encoder"], np.zeros((2, 32, 32, 1), np.float32))
+
+
+def test_cli_converts_the_vqvae_to_orbax_and_back(npz_path, tmp_path):
+  """convert_checkpoint.py --vqvae: npz -> Orbax -> npz is bit-identical; no silent overwrite."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  script = pathlib.Path(__file__).resolve().parents[1] / "convert_checkpoint.py"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  run = lambda *a: subprocess.run([sys.executable, str(script), "--vqvae", *a],
+                                  capture_output=True, text=True, env=env, timeout=300)
+  orbax_dir, back = tmp_path / "vq", tmp_path / "back.npz"
+  first = run(f"--src={npz_path}", f"--dst={orbax_dir}")
+  assert first.returncode == 0, first.stderr[-1500:]
+  assert "parameters" in first.stdout
+  assert run(f"--src={orbax_dir}", f"--dst={back}").returncode == 0
+  with np.load(npz_path) as a, np.load(back) as b:
+    for key in b.files:
+      assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+  again = run(f"--src={npz_path}", f"--dst={orbax_dir}")
+  assert again.returncode == 1 and "--overwrite" in again.stderr
+  assert "Traceback" not in again.stderr

@@ -157,3 +157,38 @@ def save_vqvae_npz(params: Mapping, path: str | os.PathLike) -> None:
   arrays = vqvae_params_to_npz(params)
   with open(path, "wb") as f:  # A file object: np.savez would append ".npz" to a bare path.
     np.savez(f, **arrays)
+
+
+def convert_vqvae(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+                  ) -> str:
+  """vae-oid.npz -> Orbax params (or Orbax -> npz when `dst` ends in .npz); returns a summary.
+
+  The Orbax side is a plain tree `{"encoder": ..., "decoder": ...}` (no PaliGemma config);
+  `paligemma_jax.checkpoints.load_tree` reads it back. Outputs are written atomically and an
+  existing destination is replaced only with `overwrite`.
+  """
+  from paligemma_jax import checkpoints  # only this direction needs Orbax
+  src, dst = os.fspath(src), os.fspath(dst)
+  if os.path.exists(dst) and not overwrite:
+    raise CheckpointError(f"{dst} already exists; pass --overwrite to replace it")
+  if dst.endswith(".npz"):
+    params = checkpoints.load_tree(src)
+    tmp = dst + ".incomplete"
+    try:
+      save_vqvae_npz(params, tmp)
+      os.replace(tmp, dst)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  else:
+    params = load_vqvae_npz(src)
+    checkpoints.save_tree(dst, params, overwrite=overwrite)
+  count = sum(np.asarray(a).size for part in params.values() for a in _leaves(part))
+  return f"VQ-VAE {src} -> {dst}: {count:,} parameters"
+
+
+def _leaves(tree: Mapping) -> list:
+  out = []
+  for value in tree.values():
+    out.extend(_leaves(value) if isinstance(value, Mapping) else [value])
+  return out
