@@ -40,35 +40,15 @@ print(json.dumps({"base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE
 # Generating the inputs, in a child too: the parent must stay small, because Linux records the
 # parent's peak RSS into a vfork()ed child's ru_maxrss at exec (subprocess uses vfork).
 GENERATE = """
-import sys, zlib
-import ml_dtypes, numpy as np
-from paligemma_jax.conversion import Source, write_hf, write_npz
-from paligemma_jax.conversion.streaming import native_specs
+import sys
+from paligemma_jax.conversion import write_hf, write_npz
+from paligemma_jax.conversion.streaming import RandomSource
 from paligemma_jax.models import get_variant
 
-class RandomSource(Source):
-  # Random finite values of the variant's shapes from random bits (fast: no normal sampling);
-  # the top exponent bit is cleared so |x| < 2.
-  def __init__(self, variant, dtype, depth):
-    depths = {"text.depth": depth, "vision.depth": depth} if depth else {}
-    self.config = get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype)
-    self._specs = native_specs(self.config)
-
-  def specs(self):
-    return dict(self._specs)
-
-  def read(self, key):
-    spec = self._specs[key]
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    wide = spec.dtype == np.float32
-    bits = rng.integers(0, 1 << (32 if wide else 16), spec.shape,
-                        dtype=np.uint32 if wide else np.uint16)
-    bits &= bits.dtype.type(0xBFFFFFFF if wide else 0xBFFF)
-    return bits.view(spec.dtype)
-
 fmt, path, variant, dtype, depth = sys.argv[1:]
-source = RandomSource(variant, dtype, int(depth) or None)
-(write_hf if fmt == "hf" else write_npz)(source, path)
+depths = {"text.depth": int(depth), "vision.depth": int(depth)} if int(depth) else {}
+config = get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype)
+(write_hf if fmt == "hf" else write_npz)(RandomSource(config), path)
 """
 
 

@@ -64,7 +64,6 @@ def read_bandwidth(repeats: int = 5) -> float:
     x = jnp.ones((1 << 30) // jnp.dtype(dtype).itemsize, dtype)
     total = jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))
     rates.append(x.nbytes / best_of(lambda: total(x).block_until_ready(), repeats))
-    del x
   w = jnp.ones((1 << 16, 1 << 12), jnp.float32)
   v = jnp.ones((2, 1 << 12), jnp.float32)
   gemv = jax.jit(lambda w, v: jnp.dot(v, w.T))

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from orbax.checkpoint import v1 as ocp1
 
 from paligemma_jax.models import PaliGemmaConfig

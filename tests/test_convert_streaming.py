@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import tracemalloc
 import weakref
-import zlib
 
 import jax
 import ml_dtypes
@@ -20,7 +19,7 @@ import pytest
 
 from paligemma_jax.conversion import HFSource, NpzSource, Source, write_hf, write_npz
 from paligemma_jax.conversion.orbax_io import BATCH_BYTES, OrbaxSource, write_orbax
-from paligemma_jax.conversion.streaming import native_specs, nbytes
+from paligemma_jax.conversion.streaming import RandomSource, native_specs, nbytes
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig
 
 # Many similar-sized leaves (8 layers on both sides, MLPs as wide as the model): the largest leaf
@@ -34,23 +33,8 @@ CONFIG = PaliGemmaConfig(
     image_token_id=256)
 
 
-class GeneratedSource(Source):
-  def __init__(self, config: PaliGemmaConfig = CONFIG, dtype=np.float32):
-    self.config = config.replace(param_dtype=np.dtype(dtype).name)
-    self._specs = native_specs(self.config)
-
-  def specs(self):
-    return dict(self._specs)
-
-  def read(self, key):
-    spec = self._specs[key]
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    if spec.dtype == np.float32:
-      return rng.standard_normal(spec.shape, np.float32)
-    # bf16 straight from random bits (no float32 temporary to blur the measurement); clearing
-    # the top exponent bit keeps every value finite (|x| < 2).
-    bits = rng.integers(0, 1 << 16, spec.shape, dtype=np.uint16) & np.uint16(0xBFFF)
-    return bits.view(ml_dtypes.bfloat16)
+def GeneratedSource(config: PaliGemmaConfig = CONFIG, dtype=np.float32) -> RandomSource:
+  return RandomSource(config.replace(param_dtype=np.dtype(dtype).name))
 
 
 class RecordingSource(Source):

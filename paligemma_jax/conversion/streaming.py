@@ -175,6 +175,30 @@ class MemorySource(Source):
     return self._leaves[key][layer]
 
 
+class RandomSource(Source):
+  """Leaves of `config`'s shapes and param dtype made from random bits when read (each from its
+  own seed, so reads repeat): a model-sized checkpoint that never exists in memory, for
+  benchmarks and streaming tests. The top exponent bit is cleared, so every value is finite and
+  |x| < 2."""
+
+  def __init__(self, config: PaliGemmaConfig):
+    self.config = config
+    self._specs = native_specs(config)
+
+  def specs(self) -> Specs:
+    return dict(self._specs)
+
+  def read(self, key: str) -> np.ndarray:
+    import zlib  # noqa: PLC0415 -- only this generator needs it
+    spec = self._specs[key]
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    wide = spec.dtype.itemsize == 4
+    bits = rng.integers(0, 1 << (32 if wide else 16), spec.shape,
+                        dtype=np.uint32 if wide else np.uint16)
+    bits &= bits.dtype.type(0xBFFFFFFF if wide else 0xBFFF)
+    return bits.view(spec.dtype)
+
+
 def read_params(source: Source, dtype: Any = None) -> dict:
   """The whole `{"params": ...}` tree as host numpy (for verification and small models)."""
   flat = {}
