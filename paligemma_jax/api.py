@@ -23,12 +23,20 @@ from paligemma_jax.models import PaliGemma, PaliGemmaConfig, check_image_tokens
 
 
 def load_checkpoint(path: str | os.PathLike, **options: Any) -> tuple[PaliGemmaConfig, dict]:
-  """(config, {"params": ...}) from an HF checkpoint folder (config.json + safetensors).
+  """(config, {"params": ...}) from an HF folder (config.json + safetensors) or an Orbax params
+  checkpoint (`paligemma_jax.checkpoints`, config inside).
 
   Options: `param_dtype`, `dtype` and `PaliGemmaConfig.replace` overrides such as
   `**{"text.final_logit_softcap": None}`; by default the model follows the checkpoint's config.
   """
-  return load_hf_checkpoint(os.fspath(path), **options)
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint not found: {path} is not a directory")
+  if any(name.endswith(".safetensors") for name in os.listdir(path)):
+    return load_hf_checkpoint(path, **options)
+  from paligemma_jax import checkpoints  # Orbax is imported only for Orbax checkpoints
+  config, params = checkpoints.load_params(path, dtype=options.pop("param_dtype", None))
+  return (config.replace(**options) if options else config), params
 
 
 def make_processor(config: PaliGemmaConfig, tokenizer: str | os.PathLike | Tokenizer,

@@ -192,3 +192,17 @@ def test_interrupted_train_save_is_never_restored(tmp_path):
     step, state, _ = ckpt.restore({"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=(
         jax.sharding.SingleDeviceSharding(jax.devices()[0])))})
   assert step == 1 and np.array_equal(state["w"], np.ones(4))
+
+
+def test_public_loader_reads_orbax_checkpoints(tmp_path):
+  import paligemma_jax as pg
+  params = random_params(PG2)
+  C.save_params(tmp_path / "ckpt", PG2, params)
+  config, loaded = pg.load_checkpoint(tmp_path / "ckpt")
+  assert config == PG2
+  _assert_identical(params, loaded)
+  config, _ = pg.load_checkpoint(tmp_path / "ckpt", param_dtype="bfloat16",
+                                 **{"text.final_logit_softcap": None})
+  assert config.param_dtype == "bfloat16" and config.text.final_logit_softcap is None
+  with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    pg.load_checkpoint(tmp_path / "nope")

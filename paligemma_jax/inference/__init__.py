@@ -16,7 +16,7 @@ from paligemma_jax.inference.parsers import (DetectedObject, clean_generated_tex
                                              parse_detections, parse_objects, parse_segmentations)
 from paligemma_jax.inference.overlay import draw_overlay, save_overlay
 from paligemma_jax.inference.mask_view import attention_mask_text
-from paligemma_jax.inference.pipeline import Pipeline, Result, load_model
+from paligemma_jax.inference.pipeline import Pipeline, Result
 
 __all__ = [
     "BeamSearch", "Beams", "beam_generate", "beam_search",
@@ -26,5 +26,5 @@ __all__ = [
     "Scores", "score", "score_tokens",
     "DetectedObject", "clean_generated_text", "encode_detections", "encode_segmentations",
     "mask_decoder", "mask_encoder", "parse_detections", "parse_objects", "parse_segmentations",
-    "draw_overlay", "save_overlay", "attention_mask_text", "Pipeline", "Result", "load_model",
+    "draw_overlay", "save_overlay", "attention_mask_text", "Pipeline", "Result",
 ]

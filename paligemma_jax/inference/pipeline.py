@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from paligemma_jax import checkpoints, sharding
-from paligemma_jax.conversion import load_hf_checkpoint
 from paligemma_jax.conversion.vqvae import load_vqvae_npz
 from paligemma_jax.data import Processor, Tokenizer
 from paligemma_jax.inference.beam import BeamSearch, beam_search
@@ -51,16 +50,6 @@ class Result:
                          "mask_pixels": None if o.mask is None else int(o.mask.sum())}
                         for o in self.objects]
     return out
-
-
-def load_model(path: str | os.PathLike, **options: Any) -> tuple[PaliGemmaConfig, dict]:
-  """(config, params) from an Orbax params checkpoint or an HF safetensors folder."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint not found: {path}")
-  if any(name.endswith(".safetensors") for name in os.listdir(path)):
-    return load_hf_checkpoint(path, **options)
-  return checkpoints.load_params(path, dtype=options.get("param_dtype"))
 
 
 def load_vqvae(path: str | os.PathLike) -> dict:
@@ -100,8 +89,8 @@ class Pipeline:
   def load(cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, *,
            vqvae: str | os.PathLike | None = None, image_method: str = "hf", **options: Any
            ) -> "Pipeline":
-    config, params = load_model(checkpoint)
-    from paligemma_jax.api import make_processor  # the one place tokenizer fit is checked
+    from paligemma_jax.api import load_checkpoint, make_processor  # api composes the pieces
+    config, params = load_checkpoint(checkpoint)
     processor = make_processor(config, Tokenizer(tokenizer), image_method)
     return cls(config, params, processor,
                vqvae_params=None if vqvae is None else load_vqvae(vqvae), **options)
