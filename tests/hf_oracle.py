@@ -96,3 +96,18 @@ def forward(model, tokens, pixels_NCHW, attention_mask, token_type_ids, position
                     np.asarray(position_ids), dtype=torch.long),
                 use_cache=False)
   return out.logits.float().numpy()
+
+
+def saved_models(tmp_path_factory):
+  """A getter spec -> (HF model, folder it was saved to), building each spec once."""
+  cache = {}
+
+  def get(spec: TinySpec):
+    if spec not in cache:
+      model = build_model(spec)
+      folder = tmp_path_factory.mktemp("hf")
+      model.save_pretrained(folder)
+      cache[spec] = (model, str(folder))
+    return cache[spec]
+
+  return get

@@ -18,14 +18,12 @@ NEW_TOKENS = 10
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
   """spec -> (HF model, our config, our params), built once per module."""
-  cache = {}
+  saved, cache = O.saved_models(tmp_path_factory), {}
 
   def get(spec):
     if spec not in cache:
-      model = O.build_model(spec)
-      folder = tmp_path_factory.mktemp("hf")
-      model.save_pretrained(folder)
-      cache[spec] = (model, *load_hf_checkpoint(str(folder)))
+      model, folder = saved(spec)
+      cache[spec] = (model, *load_hf_checkpoint(folder))
     return cache[spec]
 
   return get

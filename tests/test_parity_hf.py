@@ -20,17 +20,7 @@ F32_TOL = 1e-4
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   """spec -> (hf model, checkpoint folder), built once per module."""
-  cache = {}
-
-  def get(spec):
-    if spec not in cache:
-      model = O.build_model(spec)
-      folder = tmp_path_factory.mktemp("hf")
-      model.save_pretrained(folder)
-      cache[spec] = (model, str(folder))
-    return cache[spec]
-
-  return get
+  return O.saved_models(tmp_path_factory)
 
 
 def make_batch(spec, *, batch=3, images=1, prompt_len=5, suffix_len=6, left_pad=(0, 2, 0),
