@@ -1,17 +1,22 @@
-"""Run PaliGemma on images and prompts: one prompt, or a JSONL file of them.
+"""Run PaliGemma on images and prompts: one prompt, a JSONL file of them, or a TFDS split.
 
   python infer.py --checkpoint=ckpt/ --tokenizer=tokenizer.model --image=cat.jpg \
       --prompt="detect cat" --overlay=out.png
   python infer.py --checkpoint=ckpt/ --tokenizer=tokenizer.model \
       --input_jsonl=rows.jsonl --output_jsonl=predictions.jsonl --batch_size=16
+  python infer.py --config=configs/cococap.py --config.checkpoint=ckpt/ \
+      --config.tokenizer=tokenizer.model --config.infer.output=predictions.jsonl
 
 The checkpoint is an Orbax params directory or an HF safetensors folder. Decoding is greedy by
-default (`--sampler=sample` with --temperature/--top_k/--top_p, or `--sampler=beam`).
+default (`--sampler=sample` with --temperature/--top_k/--top_p, or `--sampler=beam`). With
+--config every setting comes from the config file (configs/*.py), overridable as --config.KEY=...;
+only --overwrite applies besides.
 """
 
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 flags.DEFINE_string("checkpoint", None, "Orbax params dir or HF safetensors folder.")
 flags.DEFINE_string("tokenizer", None, "SentencePiece tokenizer.model of the checkpoint.")
@@ -34,14 +39,49 @@ flags.DEFINE_string("overlay", None, "Write boxes / masks over the image to this
 flags.DEFINE_string("vqvae", None, "Segmentation VQ-VAE (vae-oid.npz or converted Orbax dir).")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.DEFINE_bool("show_mask", False, "Also print the prompt's attention mask.")
-flags.mark_flags_as_required(["checkpoint", "tokenizer"])
+config_flags.DEFINE_config_file("config", None, "Batch inference over a TFDS split: a config "
+                                 "file (configs/*.py[:arg]); override fields as --config.KEY=...")
 FLAGS = flags.FLAGS
+# Flags that the config replaces (everything but --config and --overwrite).
+_NOT_WITH_CONFIG = ("checkpoint", "tokenizer", "image", "prompt", "input_jsonl", "output_jsonl",
+                    "batch_size", "max_new_tokens", "max_length", "sampler", "temperature",
+                    "top_k", "top_p", "num_beams", "length_penalty", "seed", "json", "overlay",
+                    "vqvae", "show_mask")
+
+
+def _run_config():
+  clash = [name for name in _NOT_WITH_CONFIG if FLAGS[name].present]
+  if clash:
+    raise ValueError(f"--{clash[0]} does not apply with --config; set it in the config instead "
+                     "(e.g. --config.checkpoint=..., --config.infer.batch_size=...)")
+  from paligemma_jax.inference.cli import run_config  # after the checks: jax imports are slow
+  return run_config(FLAGS.config, overwrite=FLAGS.overwrite)
+
+
+def _parse_flags(argv):
+  """absl's parsing, with a one-line error for a --config.KEY that names no config field."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # how ml_collections reports an unknown override
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    key, _, hint = str(e.args[0] if e.args else e).partition("\n")
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and a.split("=")[0].endswith("." + key.strip("'\""))), "--config.*")
+    print(f"error: unknown config key {key} in {flag}" + (f" ({hint})" if hint else ""),
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
   del argv
-  from paligemma_jax.inference.cli import main as run  # after flag parsing: jax imports are slow
   try:
+    if FLAGS.config is not None:
+      print(_run_config())
+      return
+    if FLAGS.checkpoint is None or FLAGS.tokenizer is None:
+      raise ValueError("give --checkpoint and --tokenizer (or --config=configs/...)")
+    from paligemma_jax.inference.cli import main as run  # after flag parsing: jax is slow
     print(run(checkpoint=FLAGS.checkpoint, tokenizer=FLAGS.tokenizer, images=FLAGS.image,
               prompt=FLAGS.prompt, input_jsonl=FLAGS.input_jsonl, output_jsonl=FLAGS.output_jsonl,
               max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
@@ -56,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

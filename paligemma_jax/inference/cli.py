@@ -1,4 +1,4 @@
-"""What `infer.py` does, as a function of plain arguments (the flags)."""
+"""What `infer.py` does, as a function of plain arguments (the flags) or of a config."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 import os
 from typing import Any, Sequence
 
-from paligemma_jax.inference.batch_infer import load_image, run_jsonl
+import jax
+
+from paligemma_jax import sharding
+from paligemma_jax.data.tfds_input import count_examples, tfds_rows
+from paligemma_jax.inference.batch_infer import check_output, load_image, predict_rows, run_jsonl
 from paligemma_jax.inference.beam import BeamSearch
+from paligemma_jax.inference.infer_config import SAMPLERS, parse_infer_config
 from paligemma_jax.inference.mask_view import attention_mask_text
 from paligemma_jax.inference.overlay import save_overlay
 from paligemma_jax.inference.pipeline import Pipeline, Result
 from paligemma_jax.inference.sampling import GREEDY, Sampler
-
-SAMPLERS = ("greedy", "sample", "beam")
 
 
 def decoding_options(sampler: str, temperature: float, top_k: int, top_p: float,
@@ -66,3 +69,31 @@ def main(*, checkpoint: str, tokenizer: str, images: Sequence[str], prompt: str 
   if show_mask:
     out = attention_mask_text(pipe.processor, pipe.config, prompt) + "\n\n" + out
   return out
+
+
+def run_config(config: Any, *, overwrite: bool = False) -> str:
+  """Batch inference over the TFDS split a config names (`infer.py --config=...`); returns the
+  summary line. `config` is a ConfigDict or dict (see infer_config.py); `overwrite` adds to
+  `config.infer.overwrite`. Everything is checked before the model loads.
+
+  With several JAX processes each reads its own part of the split, runs the model on its local
+  devices and writes `<output>-<index>-of-<count>`.
+  """
+  cfg = parse_infer_config(config)
+  settings = cfg.infer
+  index, count = jax.process_index(), jax.process_count()
+  output = settings.output if count == 1 else f"{settings.output}-{index:05d}-of-{count:05d}"
+  check_output(output, overwrite or settings.overwrite)
+  options = decoding_options(settings.sampler, settings.temperature, settings.top_k,
+                             settings.top_p, settings.num_beams, settings.length_penalty,
+                             settings.seed)
+  rows = tfds_rows(settings.data, cfg.task, process_index=index, process_count=count)
+  total = (count_examples(settings.data, process_index=index, process_count=count)
+           if cfg.task.one_row_per_example else None)
+  mesh = None if count == 1 else sharding.make_mesh(devices=jax.local_devices())
+  pipe = Pipeline.load(cfg.checkpoint, cfg.tokenizer, vqvae=cfg.vqvae or None,
+                       image_method=cfg.image_method, max_length=cfg.max_length, mesh=mesh)
+  summary = predict_rows(pipe, rows, output, batch_size=settings.batch_size,
+                         overwrite=overwrite or settings.overwrite,
+                         max_new_tokens=settings.max_decode_len, total=total, **options)
+  return f"wrote {output}: {summary}"
