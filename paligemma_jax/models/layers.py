@@ -13,17 +13,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from paligemma_jax.models import cpu_matmul
+
 Initializer = Callable[..., jax.Array]
 
 
 def einsum_f32(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   """`jnp.einsum` accumulating in float32; `x`'s leading axes are batch-like (B, T, ...).
 
-  XLA:CPU rewrites a product with a single activation row (batch-1 decoding) into a
+  On CPU, bf16 products with at most `cpu_matmul.MAX_ROWS` activation rows (decode steps) run
+  through `cpu_matmul`'s bandwidth-bound kernels when they are available. Otherwise XLA:CPU
+  rewrites a product with a single activation row (batch-1 decoding) into a
   multiply-reduce that, in bf16, streams weights ~10x slower than its GEMM path does. On CPU a
   lone row is therefore duplicated: the FLOPs double (still negligible), the weights are read
   once at GEMM speed. Other backends run the plain einsum.
   """
+  y = cpu_matmul.einsum(spec, x, w)
+  if y is not None:
+    return y
   single_row = x.ndim >= 2 and x.shape[0] == 1 and (x.ndim == 2 or x.shape[1] == 1)
   if single_row and jax.default_backend() == "cpu":
     both = jnp.concatenate([x, x], axis=0)

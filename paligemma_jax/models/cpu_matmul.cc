@@ -1,0 +1,231 @@
+// Few-row float32 x bfloat16 matrix products for decoding on CPU (AVX2 + FMA), as XLA FFI handlers.
+//
+// Decoding multiplies 1-8 activation rows by every weight matrix once per step, so a step is bound
+// by how fast the bf16 weights stream from memory. XLA:CPU has no such kernel: it widens the weights
+// to f32 first or runs a GEMM tuned for many rows, and reaches 2-8 GB/s where memory gives ~25.
+// These kernels read each weight once, widen 8 values at a time in registers (bf16 is the top half
+// of an f32) and accumulate in f32. Letters: M activation rows (any; best <= 8), C contracted, F
+// output columns, L leading weight axes (batched matrices, e.g. attention heads).
+//
+//   PgMatmulNN: y[M, L, F] = x[M, C] . w[L, C, F]   (big_vision layout: contraction before output)
+//   PgMatmulNT: y[M, F]    = x[M, C] . w[F, C]^T    (the embedding used as the LM head)
+//
+// Work is split over output columns between up to `threads` std::threads per call.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+inline __m256 Widen(const uint16_t* p) {  // 8 bf16 -> 8 f32
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline float Widen1(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename Fn>
+void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
+  // Splits [0, n) into up to `threads` contiguous ranges, multiples of `grain`.
+  int64_t chunks = (n + grain - 1) / grain;
+  int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+  if (t == 1) return fn(0, n);
+  std::vector<std::thread> pool;
+  int64_t per = (chunks + t - 1) / t * grain;
+  for (int i = 1; i < t; ++i) {
+    int64_t lo = i * per, hi = std::min(n, lo + per);
+    if (lo < hi) pool.emplace_back(fn, lo, hi);
+  }
+  fn(0, std::min(n, per));
+  for (auto& th : pool) th.join();
+}
+
+constexpr int64_t kCols = 1024;  // output columns per block: R x 4 KB of accumulators in L1
+
+// Rows [0, R) of y[:, f0:f1] for one matrix w[C, F]. Four weight rows are folded into each pass
+// over the accumulators, so the L1 traffic per weight stays low; R <= 4.
+template <int R>
+void NNBlock(const float* x, int64_t C, const uint16_t* w, int64_t F, float* y, int64_t y_stride,
+             int64_t f0, int64_t f1) {
+  alignas(32) float acc[R][kCols];
+  const int64_t width = f1 - f0, vec = width / 8 * 8;
+  for (int r = 0; r < R; ++r) std::fill(acc[r], acc[r] + width, 0.0f);
+  for (int64_t c = 0; c < C; c += 4) {
+    const int k = static_cast<int>(std::min<int64_t>(4, C - c));
+    const uint16_t* wr[4];
+    __m256 b[R][4];
+    for (int i = 0; i < 4; ++i) {
+      wr[i] = w + (c + std::min(i, k - 1)) * F + f0;  // a short tail repeats a row with weight 0
+      for (int r = 0; r < R; ++r) b[r][i] = _mm256_set1_ps(i < k ? x[r * C + c + i] : 0.0f);
+    }
+    int64_t j = 0;
+    for (; j < vec; j += 8) {
+      __m256 v0 = Widen(wr[0] + j), v1 = Widen(wr[1] + j);
+      __m256 v2 = Widen(wr[2] + j), v3 = Widen(wr[3] + j);
+      for (int r = 0; r < R; ++r) {
+        __m256 a = _mm256_load_ps(acc[r] + j);
+        a = _mm256_fmadd_ps(b[r][0], v0, a);
+        a = _mm256_fmadd_ps(b[r][1], v1, a);
+        a = _mm256_fmadd_ps(b[r][2], v2, a);
+        a = _mm256_fmadd_ps(b[r][3], v3, a);
+        _mm256_store_ps(acc[r] + j, a);
+      }
+    }
+    for (; j < width; ++j) {
+      for (int r = 0; r < R; ++r) {
+        for (int i = 0; i < k; ++i) acc[r][j] += x[r * C + c + i] * Widen1(wr[i][j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) std::memcpy(y + r * y_stride + f0, acc[r], width * sizeof(float));
+}
+
+void NNRows(const float* x, int64_t M, int64_t C, const uint16_t* w, int64_t F, float* y,
+            int64_t y_stride, int64_t f0, int64_t f1) {
+  // Column blocks outside, row groups inside: a block's weights (C x 256) are read from memory
+  // once and from cache by the later row groups.
+  for (int64_t b = f0; b < f1; b += kCols) {
+    const int64_t e = std::min(f1, b + kCols);
+    for (int64_t m = 0; m < M; m += 4) {
+      const float* xm = x + m * C;
+      float* ym = y + m * y_stride;
+      switch (std::min<int64_t>(M - m, 4)) {
+        case 4: NNBlock<4>(xm, C, w, F, ym, y_stride, b, e); break;
+        case 3: NNBlock<3>(xm, C, w, F, ym, y_stride, b, e); break;
+        case 2: NNBlock<2>(xm, C, w, F, ym, y_stride, b, e); break;
+        default: NNBlock<1>(xm, C, w, F, ym, y_stride, b, e);
+      }
+    }
+  }
+}
+
+inline float Sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// y[m, f] for rows [m0, m0 + R), columns f in [f0, f1), two weight rows at a time.
+template <int R>
+void NTRows(const float* x, int64_t C, const uint16_t* w, float* y, int64_t F, int64_t f0,
+            int64_t f1) {
+  const int64_t vec = C / 8 * 8;
+  int64_t f = f0;
+  for (; f + 1 < f1; f += 2) {
+    const uint16_t* w0 = w + f * C;
+    const uint16_t* w1 = w0 + C;
+    __m256 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < vec; j += 8) {
+      __m256 v0 = Widen(w0 + j), v1 = Widen(w1 + j);
+      for (int r = 0; r < R; ++r) {
+        __m256 xv = _mm256_loadu_ps(x + r * C + j);
+        a0[r] = _mm256_fmadd_ps(xv, v0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(xv, v1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float s0 = Sum(a0[r]), s1 = Sum(a1[r]);
+      for (int64_t j = vec; j < C; ++j) {
+        s0 += x[r * C + j] * Widen1(w0[j]);
+        s1 += x[r * C + j] * Widen1(w1[j]);
+      }
+      y[r * F + f] = s0;
+      y[r * F + f + 1] = s1;
+    }
+  }
+  for (; f < f1; ++f) {
+    const uint16_t* w0 = w + f * C;
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+      for (int64_t j = 0; j < C; ++j) s += x[r * C + j] * Widen1(w0[j]);
+      y[r * F + f] = s;
+    }
+  }
+}
+
+void NTAll(const float* x, int64_t M, int64_t C, const uint16_t* w, float* y, int64_t F,
+           int64_t f0, int64_t f1) {
+  // Blocks of 32 weight rows outside, row groups inside: later groups read the block from cache.
+  for (int64_t b = f0; b < f1; b += 32) {
+    const int64_t e = std::min(f1, b + 32);
+    for (int64_t m = 0; m < M; m += 4) {
+      const float* xm = x + m * C;
+      float* ym = y + m * F;
+      switch (std::min<int64_t>(M - m, 4)) {
+        case 4: NTRows<4>(xm, C, w, ym, F, b, e); break;
+        case 3: NTRows<3>(xm, C, w, ym, F, b, e); break;
+        case 2: NTRows<2>(xm, C, w, ym, F, b, e); break;
+        default: NTRows<1>(xm, C, w, ym, F, b, e);
+      }
+    }
+  }
+}
+
+ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || xd[1] != wd[1]) {
+    return ffi::Error::InvalidArgument("PgMatmulNN wants x[M, C] and w[L, C, F]");
+  }
+  const int64_t M = xd[0], C = xd[1], L = wd[0], F = wd[2];
+  const float* xp = x.typed_data();
+  const uint16_t* wp = w.typed_data();
+  float* yp = y->typed_data();
+  // One range over all L * F output columns: heads and columns split across threads alike.
+  Parallel(L * F, kCols, static_cast<int>(threads), [&](int64_t lo, int64_t hi) {
+    for (int64_t l = lo / F; l * F < hi; ++l) {
+      int64_t f0 = std::max(lo - l * F, int64_t{0}), f1 = std::min(hi - l * F, F);
+      NNRows(xp, M, C, wp + l * C * F, F, yp + l * F, L * F, f0, f1);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error MatmulNT(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1]) {
+    return ffi::Error::InvalidArgument("PgMatmulNT wants x[M, C] and w[F, C]");
+  }
+  const int64_t M = xd[0], C = xd[1], F = wd[0];
+  const float* xp = x.typed_data();
+  const uint16_t* wp = w.typed_data();
+  float* yp = y->typed_data();
+  Parallel(F, 64, static_cast<int>(threads),
+           [&](int64_t lo, int64_t hi) { NTAll(xp, M, C, wp, yp, F, lo, hi); });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNN, MatmulNN,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNT, MatmulNT,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));

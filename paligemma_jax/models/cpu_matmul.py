@@ -1,0 +1,153 @@
+"""Bandwidth-bound bf16 matmuls for few-row products on CPU (decoding), as XLA FFI custom calls.
+
+A decode step multiplies a handful of activation rows by every weight, so its speed is how fast
+the weights stream from memory. XLA:CPU has no bf16 kernel for that shape: it reaches 2-8 GB/s
+where memory gives ~25 (measured in `benchmarks/inference_speed.py`). `cpu_matmul.cc` has two
+small AVX2 kernels that read each bf16 weight once and accumulate in f32; this module compiles
+them on first use (g++, cached under ~/.cache/paligemma_jax), registers them with `jax.ffi`, and
+maps an einsum onto them.
+
+`einsum(spec, x, w)` returns None whenever the kernels do not apply, and the caller runs its
+usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
+batch axes, a CPU without AVX2/FMA, no compiler, or `PALIGEMMA_JAX_CPU_KERNELS=0`. Gradients go
+through the plain einsum (custom VJP), so training code may call it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
+_SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
+_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT"}
+
+
+def _cpu_supported() -> bool:
+  if sys.platform != "linux" or os.environ.get("PALIGEMMA_JAX_CPU_KERNELS", "1") == "0":
+    return False
+  try:
+    flags = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return False
+  return " avx2" in flags and " fma" in flags and shutil.which("g++") is not None
+
+
+def _build() -> pathlib.Path:
+  """Compiles the kernels once per source and jax version; returns the shared library."""
+  source = _SOURCE.read_bytes()
+  tag = hashlib.sha256(source + jax.__version__.encode()).hexdigest()[:16]
+  cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+  lib = cache / "paligemma_jax" / f"cpu_matmul-{tag}.so"
+  if lib.exists():
+    return lib
+  lib.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+    out = pathlib.Path(tmp) / lib.name
+    subprocess.run(["g++", "-O3", "-std=c++17", "-mavx2", "-mfma", "-fPIC", "-shared",
+                    "-pthread", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)],
+                   check=True, capture_output=True)
+    os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
+  return lib
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernels are compiled and registered (tried once per process)."""
+  if not _cpu_supported():
+    return False
+  try:
+    library = ctypes.cdll.LoadLibrary(str(_build()))
+    for kind, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(f"paligemma_cpu_matmul_{kind}",
+                                  jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+  except (OSError, subprocess.CalledProcessError, AttributeError):
+    return False
+  return True
+
+
+def _threads() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _call(kind: str, x_MxC: jax.Array, w: jax.Array, out_shape: tuple[int, ...]) -> jax.Array:
+  call = jax.ffi.ffi_call(f"paligemma_cpu_matmul_{kind}",
+                          jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method="sequential")
+  return call(x_MxC.astype(jnp.float32), w, threads=_threads())
+
+
+class _Plan:
+  """How `lhs,rhs->out` maps onto x[M, C] . w[L, C, F] (or w[F, C]^T), or why it cannot."""
+
+  def __init__(self, spec: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...]):
+    inputs, self.out = spec.replace(" ", "").split("->")
+    self.lhs, self.rhs = inputs.split(",")
+    contracted = [a for a in self.rhs if a in self.lhs and a not in self.out]
+    self.ok = (len(set(self.lhs)) == len(self.lhs) and len(set(self.rhs)) == len(self.rhs)
+               and "." not in spec and bool(contracted)
+               and not any(a in self.rhs and a in self.out for a in self.lhs))  # no batch axes
+    if not self.ok:
+      return
+    first = self.rhs.index(contracted[0])
+    self.lead, self.trail = self.rhs[:first], self.rhs[first + len(contracted):]
+    self.contracted = self.rhs[first:first + len(contracted)]
+    self.ok = self.contracted == "".join(contracted)  # contiguous in w
+    size = dict(zip(self.lhs, x_shape)) | dict(zip(self.rhs, w_shape))
+    self.free = "".join(a for a in self.lhs if a not in self.rhs)
+    self.ok = self.ok and set(self.free + self.lead + self.trail) == set(self.out)
+    self.rows = math.prod(size[a] for a in self.free)
+    self.c = math.prod(size[a] for a in self.contracted)
+    self.l = math.prod(size[a] for a in self.lead)
+    self.f = math.prod(size[a] for a in self.trail)
+    self.size = size
+
+  def run(self, x: jax.Array, w: jax.Array) -> jax.Array:
+    x_MxC = jnp.transpose(x, [self.lhs.index(a) for a in self.free + self.contracted])
+    x_MxC = x_MxC.reshape(self.rows, self.c)
+    if self.trail:
+      y = _call("nn", x_MxC, w.reshape(self.l, self.c, self.f), (self.rows, self.l, self.f))
+    else:  # contraction is w's minor block: rows of w are contiguous dot products
+      y = _call("nt", x_MxC, w.reshape(self.l, self.c), (self.rows, self.l))
+    got = self.free + self.lead + self.trail
+    y = y.reshape([self.size[a] for a in got])
+    return jnp.transpose(y, [got.index(a) for a in self.out])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  return _Plan(spec, x.shape, w.shape).run(x, w)
+
+
+def _forward(spec, x, w):
+  return _kernel_einsum(spec, x, w), (x, w)
+
+
+def _backward(spec, residuals, g):
+  x, w = residuals
+  _, vjp = jax.vjp(lambda x, w: jnp.einsum(spec, x, w, preferred_element_type=jnp.float32), x, w)
+  return vjp(g)
+
+
+_kernel_einsum.defvjp(_forward, _backward)
+
+
+def einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
+  """`jnp.einsum(spec, x, w)` in float32 through the CPU kernels, or None if they do not apply."""
+  if w.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
+    return None
+  plan = _Plan(spec, x.shape, w.shape)
+  if not plan.ok or plan.rows > MAX_ROWS or not available():
+    return None
+  return _kernel_einsum(spec, x, w)

@@ -1,0 +1,81 @@
+"""The CPU decode kernels (models/cpu_matmul): equal to XLA's einsum, used only where they apply,
+differentiable, and a bf16 decode through them matches one without them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from paligemma_jax.inference.decode import decode_tokens
+from paligemma_jax.models import cpu_matmul
+from model_fixtures import PG2_WINDOW, make_batch, random_params
+
+pytestmark = pytest.mark.skipif(not cpu_matmul._cpu_supported(),
+                                reason="needs Linux x86 with AVX2/FMA and g++")
+
+
+def test_kernels_build_and_register():
+  assert cpu_matmul.available()
+
+
+def _rand(key: int, shape: tuple[int, ...]) -> jax.Array:
+  return jax.random.normal(jax.random.key(key), shape, jnp.float32).astype(jnp.bfloat16)
+
+
+# Every product the Gemma decoder makes, at odd sizes (tails that are not multiples of 8 or of
+# the kernels' blocks), for 1 to 8 activation rows.
+CASES = [
+    ("BTD,DNH->BTNH", (1, 1, 37), (37, 3, 20)),          # q / k / v
+    ("BTNH,NHD->BTD", (2, 1, 3, 20), (3, 20, 1030)),     # attention out: 2 contracted axes
+    ("BTD,DF->BTF", (3, 1, 50), (50, 1100)),             # gate / up
+    ("BTF,FD->BTD", (5, 1, 1100), (1100, 50)),           # down
+    ("BTD,VD->BTV", (8, 1, 50), (301, 50)),              # LM head: contraction minor
+    ("BTD,VD->BTV", (1, 1, 2051), (67, 2051)),
+    ("BTD,CDF->CBTF", (4, 1, 24), (2, 24, 40)),          # leading weight axis (L > 1)
+]
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
+def test_kernel_equals_einsum(spec, x_shape, w_shape):
+  x, w = _rand(0, x_shape), _rand(1, w_shape)
+  got = jax.jit(lambda x, w: cpu_matmul.einsum(spec, x, w))(x, w)
+  want = jnp.einsum(spec, x.astype(jnp.float32), w.astype(jnp.float32), precision="highest")
+  assert got.dtype == jnp.float32 and got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+def test_applies_only_where_it_can():
+  x, w = _rand(0, (2, 1, 16)), _rand(1, (16, 24))
+  assert cpu_matmul.einsum("BTD,DF->BTF", x, w) is not None
+  assert cpu_matmul.einsum("BTD,DF->BTF", x, w.astype(jnp.float32)) is None  # f32 weights
+  many = _rand(0, (cpu_matmul.MAX_ROWS + 1, 1, 16))
+  assert cpu_matmul.einsum("BTD,DF->BTF", many, w) is None  # prefill-sized: XLA's GEMM
+  assert cpu_matmul.einsum("BTD,BDF->BTF", x, _rand(1, (2, 16, 24))) is None  # batch axis
+
+
+def test_gradients_match_einsum():
+  x, w = _rand(0, (2, 1, 16)), _rand(1, (16, 24))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  ours = jax.grad(loss(lambda x, w: cpu_matmul.einsum("BTD,DF->BTF", x, w)), (0, 1))(x, w)
+  ref = jax.grad(loss(lambda x, w: jnp.einsum("BTD,DF->BTF", x, w,
+                                              preferred_element_type=jnp.float32)), (0, 1))(x, w)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2, atol=1e-2)
+
+
+def test_bf16_decode_matches_decode_without_kernels(monkeypatch):
+  config = PG2_WINDOW.replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = random_params(config)
+  batch = make_batch(config, batch=3, suffix_len=0)
+  args = (params, batch["tokens"], batch["images"], batch["input_mask"], batch["mask_ar"])
+
+  def run():
+    return decode_tokens(*args, config=config, max_new_tokens=6, eos_id=-1, keep_logits=True)
+
+  with_kernels = run()
+  monkeypatch.setattr(cpu_matmul, "available", lambda: False)
+  jax.clear_caches()
+  without = run()
+  np.testing.assert_array_equal(with_kernels.tokens, without.tokens)
+  scale = float(jnp.abs(without.logits).max())
+  np.testing.assert_allclose(with_kernels.logits, without.logits, atol=2e-2 * scale)
