@@ -25,7 +25,7 @@ import numpy as np
 
 from paligemma_jax.conversion import load_hf_checkpoint
 from paligemma_jax.inference import greedy_generate
-from paligemma_jax.models import get_variant, init_params
+from paligemma_jax.models import cpu_matmul, get_variant, init_params
 
 IMAGE_TOKEN, VOCAB, RES = 257_152, 257_216, 224
 M = (RES // 14) ** 2
@@ -166,8 +166,9 @@ def cpu_benchmark(args) -> None:
   print(f"model: real width, {args.layers} layers each, vocab {VOCAB}, bf16 weights on both "
         f"sides; prompt {M} image + {args.text} text tokens, {args.new_tokens} new tokens")
   print("'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
-        "step time; 'ours f32' upcasts the same weights to f32 (the CPU serving recipe: XLA:CPU "
-        "has no bandwidth-bound bf16 GEMV on chips without bf16 units), so it reads 2x the bytes")
+        "step time. 'ours bf16' decodes through the CPU kernels of models/cpu_matmul.py "
+        f"(available: {cpu_matmul.available()}); 'ours f32' upcasts the same weights to f32, "
+        "so it reads 2x the bytes")
   header = ("batch", "prefill ms ours/HF", "ratio", "% peak ours/HF", "decode ms/tok ours/HF",
             "ratio", "% roofline ours/HF")
   print(" | ".join(header))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from paligemma_jax.models.layers import cpu_upcast
+
 # big_vision's fill value: large and finite, so a fully masked row (a padding query) softmaxes to a
 # uniform, finite distribution instead of NaN.
 MASK_VALUE = -2.3819763e38
@@ -26,13 +28,16 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   b, t, n, h = q_BxTxNxH.shape
   k = k_BxSxKxH.shape[2]
   q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
-  logits_BxKxGxTxS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH,
+  # Prefill on CPU multiplies in f32 (see `cpu_upcast`); a decode step (T = 1) reads the cache as
+  # stored instead of widening all of it.
+  up = cpu_upcast if t > 1 else (lambda a: a)
+  logits_BxKxGxTxS = jnp.einsum("BTKGH,BSKH->BKGTS", up(q_BxTxKxGxH), up(k_BxSxKxH),
                                 preferred_element_type=jnp.float32) * scale
   if softcap:
     logits_BxKxGxTxS = softcap * jnp.tanh(logits_BxKxGxTxS / softcap)
   if mask_BxTxS is not None:
     logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, MASK_VALUE)
   probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-  out_BxTxKxGxH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BxSxKxH,
+  out_BxTxKxGxH = jnp.einsum("BKGTS,BSKH->BTKGH", up(probs), up(v_BxSxKxH),
                              preferred_element_type=jnp.float32)
   return out_BxTxKxGxH.reshape(b, t, n, h).astype(v_BxSxKxH.dtype)
