@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -97,7 +98,9 @@ class Pool {
   int64_t generation_ = 0;
 };
 
-// Splits [0, n) into up to `threads` contiguous ranges, multiples of `grain`, run on the pool.
+// Runs fn(lo, hi) over [0, n) in pieces of `grain` (a multiple of it), on up to `threads` pool
+// threads. Pieces are handed out from a shared counter, so a thread slowed by another process
+// on its core takes fewer of them instead of holding everyone up.
 template <typename Fn>
 void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
   const int64_t chunks = (n + grain - 1) / grain;
@@ -105,10 +108,11 @@ void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
   const int t = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({threads, chunks, pool.size()})));
   if (t == 1) return fn(0, n);
-  const int64_t per = (chunks + t - 1) / t * grain;
-  pool.Run(t, [&](int i) {
-    const int64_t lo = i * per, hi = std::min(n, lo + per);
-    if (lo < hi) fn(lo, hi);
+  const int64_t pieces = std::min<int64_t>(chunks, 8 * t);
+  const int64_t per = (chunks + pieces - 1) / pieces * grain;
+  std::atomic<int64_t> next{0};
+  pool.Run(t, [&](int) {
+    for (int64_t lo; (lo = next.fetch_add(per)) < n;) fn(lo, std::min(n, lo + per));
   });
 }
 
@@ -252,7 +256,9 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   const uint16_t* wp = w.typed_data();
   float* yp = y->typed_data();
   // One range over all L * F output columns: heads and columns split across threads alike.
-  Parallel(L * F, 256, static_cast<int>(threads), [&](int64_t lo, int64_t hi) {
+  // About four pieces (wide ones read long runs of each weight row), at most kCols columns.
+  const int64_t grain = std::clamp<int64_t>(L * F / 4 / 8 * 8, 256, kCols);
+  Parallel(L * F, grain, static_cast<int>(threads), [&](int64_t lo, int64_t hi) {
     for (int64_t l = lo / F; l * F < hi; ++l) {
       int64_t f0 = std::max(lo - l * F, int64_t{0}), f1 = std::min(hi - l * F, F);
       NNRows(xp, M, C, wp + l * C * F, F, yp + l * F, L * F, f0, f1);
