@@ -2,11 +2,17 @@
 
   python benchmarks/convert_memory.py                       # paligemma_3b_224, bf16 (~5.9 GB)
   python benchmarks/convert_memory.py --variant paligemma2_3b_448 --dtype float32 --workdir /big
+  python benchmarks/convert_memory.py --variant paligemma2_28b_224 --layers 4   # 28B width, ~7 GB
 
 Writes a random HF checkpoint of the variant's shapes (257,216 embedding rows, as the hub's),
-then converts HF -> Orbax -> HF -> npz -> Orbax, each step in a fresh Python process, and reports
-each child's peak resident memory (`ru_maxrss`, which counts mapped file pages too) against the
-target: peak <= 0.5 x checkpoint size + 1 GiB for the interpreter and its libraries (jax, orbax).
+then converts HF -> Orbax -> HF -> npz -> Orbax -> npz, each step in a fresh Python process, and
+reports each child's peak resident memory (`ru_maxrss`, which counts mapped file pages too)
+against the target: peak <= 0.5 x checkpoint size + 1 GiB for the interpreter and its libraries
+(jax, orbax). `--layers` keeps the real widths with fewer layers: the converter holds at most a
+layer or two of a stacked tensor, so its peak should not grow with depth, and a few layers at
+28B width stand for the full model on a small disk (the full 28B is 55 GB). Also printed: the
+largest stacked tensor (which the Orbax side held twice before it streamed by layer) and the
+largest unstacked one (the embedding, which every direction holds once).
 Inputs are deleted as it goes (about 2x the checkpoint size of disk at the peak).
 """
 
@@ -24,13 +30,19 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GiB = 1 << 30
 # A child: the conversion alone, timed, then its own peak RSS (kB on Linux) as JSON.
+# An npz source is told its model (it has no config, and a reduced-depth 28B matches no variant).
 CHILD = """
 import json, resource, sys, time
 from paligemma_jax.conversion import convert
+from paligemma_jax.models import get_variant
 import paligemma_jax.checkpoints  # import everything first: the baseline is imports only
+src, dst, dst_format, variant, dtype, depth = sys.argv[1:]
+depths = {"text.depth": int(depth), "vision.depth": int(depth)} if int(depth) else {}
+config = get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-convert(sys.argv[1], sys.argv[2], dst_format=sys.argv[3], progress=False, log=lambda _: None)
+convert(src, dst, dst_format=dst_format, progress=False, log=lambda _: None,
+        variant=config if src.endswith(".npz") else None)
 seconds = time.perf_counter() - start
 print(json.dumps({"base_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "seconds": seconds}))
@@ -52,6 +64,27 @@ config = get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype)
 """
 
 
+def describe(args: argparse.Namespace) -> dict:
+  """Sizes of the model's largest tensors, from shapes only (in a child, like everything)."""
+  code = """
+import json, sys
+from paligemma_jax.conversion.streaming import native_specs, nbytes, stacked
+from paligemma_jax.models import get_variant
+variant, dtype, depth = sys.argv[1:]
+depths = {"text.depth": int(depth), "vision.depth": int(depth)} if int(depth) else {}
+specs = native_specs(get_variant(variant, **depths).replace(param_dtype=dtype, dtype=dtype))
+key = max((k for k in specs if stacked(k)), key=lambda k: nbytes(specs[k]))
+print(json.dumps({"stacked": key, "stacked_bytes": nbytes(specs[key]),
+                  "layer_bytes": nbytes(specs[key]) // specs[key].shape[0],
+                  "unstacked_bytes": max(nbytes(s) for k, s in specs.items() if not stacked(k)),
+                  "model_bytes": sum(nbytes(s) for s in specs.values())}))
+"""
+  out = subprocess.run([sys.executable, "-c", code, args.variant, args.dtype,
+                        str(args.depth or 0)], check=True, capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def generate(fmt: str, path: str, args: argparse.Namespace) -> None:
   start = time.perf_counter()
   subprocess.run([sys.executable, "-c", GENERATE, fmt, path, args.variant, args.dtype,
@@ -66,10 +99,12 @@ def size_on_disk(path: str) -> int:
   return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-def measure(src: str, dst: str, dst_format: str) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, src, dst, dst_format], check=True,
-                       capture_output=True, text=True, cwd=REPO,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+def measure(src: str, dst: str, dst_format: str, args: argparse.Namespace) -> dict:
+  out = subprocess.run([sys.executable, "-c", CHILD, src, dst, dst_format, args.variant,
+                        args.dtype, str(args.depth or 0)], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  if out.returncode:
+    sys.exit(f"{src} -> {dst} failed:\n{out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,28 +129,36 @@ def main() -> None:
   parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
   parser.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
   parser.add_argument("--json", default=None, help="also write the results here")
-  parser.add_argument("--depth", type=int, default=None,
-                      help="override both towers' depth (a quick run; real widths)")
+  parser.add_argument("--layers", "--depth", dest="depth", type=int, default=None,
+                      help="override both towers' depth: real widths, fewer layers")
   args = parser.parse_args()
   work = tempfile.mkdtemp(prefix="convert_memory_", dir=args.workdir)
-  print(f"{args.variant} {args.dtype}" + (f" depth {args.depth}" if args.depth else "")
-        + f": random checkpoints in {work}", flush=True)
+  sizes = describe(args)
+  print(f"{args.variant} {args.dtype}" + (f", {args.depth} layers" if args.depth else "")
+        + f": {sizes['model_bytes'] / 1e9:.2f} GB; largest stacked tensor {sizes['stacked']} "
+        f"{sizes['stacked_bytes'] / 1e9:.2f} GB ({sizes['layer_bytes'] / 1e9:.3f} GB a layer), "
+        f"largest unstacked {sizes['unstacked_bytes'] / 1e9:.2f} GB; random checkpoints in {work}",
+        flush=True)
   rows = []
   try:
-    hf, orbax, hf2, npz = (os.path.join(work, n) for n in ("hf", "orbax", "hf2", "bv.npz"))
+    hf, orbax, hf2, npz, npz2 = (os.path.join(work, n)
+                                 for n in ("hf", "orbax", "hf2", "bv.npz", "bv2.npz"))
     generate("hf", hf, args)
-    rows.append(report("hf -> orbax", size_on_disk(hf), measure(hf, orbax, "orbax")))
+    rows.append(report("hf -> orbax", size_on_disk(hf), measure(hf, orbax, "orbax", args)))
     shutil.rmtree(hf)
-    rows.append(report("orbax -> hf", size_on_disk(orbax), measure(orbax, hf2, "hf")))
+    rows.append(report("orbax -> hf", size_on_disk(orbax), measure(orbax, hf2, "hf", args)))
     shutil.rmtree(orbax)
-    rows.append(report("hf -> npz", size_on_disk(hf2), measure(hf2, npz, "npz")))
+    rows.append(report("hf -> npz", size_on_disk(hf2), measure(hf2, npz, "npz", args)))
     shutil.rmtree(hf2)
-    rows.append(report("npz -> orbax", size_on_disk(npz), measure(npz, orbax, "orbax")))
+    rows.append(report("npz -> orbax", size_on_disk(npz), measure(npz, orbax, "orbax", args)))
+    os.remove(npz)
+    rows.append(report("orbax -> npz", size_on_disk(orbax), measure(orbax, npz2, "npz", args)))
   finally:
     shutil.rmtree(work, ignore_errors=True)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(variant=args.variant, dtype=args.dtype, results=rows), f, indent=2)
+      json.dump(dict(variant=args.variant, dtype=args.dtype, layers=args.depth, **sizes,
+                     results=rows), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 Params checkpoint: one Orbax pytree `{"params": ...}` whose custom metadata holds the
 `PaliGemmaConfig`, so loading needs no variant flag. It can be written at once (`save_params`)
 or leaf by leaf (`ParamsWriter`, which is what lets the converter stream a 28B model through a
-small host), and read whole onto any mesh (`load_params`) or leaf by leaf (`read_leaves`).
+small host), and read whole onto any mesh (`load_params`), leaf by leaf (`read_leaves`), or a
+few layers of a stacked leaf at a time (`open_leaf`).
+
+Stacked leaves ([L, ...], 31 GB for PaliGemma2-28B's MLP) can be written one layer at a time
+(`ParamsWriter.write_layers`), stored one layer per chunk, and a layer read alone (`open_leaf`):
+a plain Orbax checkpoint all the same (how, and why that way: `paligemma_jax.checkpoint_layers`).
 
 Trainer state: `TrainCheckpointer` keeps the last N steps of an arbitrary pytree (params,
 optimizer state, step, RNG key data) plus a JSON dict (data-iterator position, anything small),
@@ -21,14 +26,16 @@ import os
 import shutil
 import uuid
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from orbax.checkpoint import v1 as ocp1
 
+from paligemma_jax import checkpoint_layers
 from paligemma_jax.models import PaliGemmaConfig
 
 CONFIG_KEY = "paligemma_config"
@@ -118,8 +125,10 @@ class ParamsWriter:
       with ParamsWriter(path, config) as w:
         for name, array in leaves:          # name like "params/llm/embedding"
           w.write({name: array})
+        w.write_layers("params/llm/layers/mlp/up/w", shape, dtype, read_layer)
 
-  Each `write` is an Orbax partial save, so host memory holds only the leaves of one call.
+  Each `write` is an Orbax partial save, so host memory holds only the leaves of one call. A
+  `write_layers` leaf is pulled at exit, one layer at a time (see the module docstring).
   """
 
   def __init__(self, path: str | os.PathLike, config: PaliGemmaConfig | None, *,
@@ -127,23 +136,46 @@ class ParamsWriter:
     self._dest = _AtomicDestination(path, overwrite)
     self._config = config
     self._written: set[str] = set()
+    self._layered: list[tuple[str, tuple[int, ...], np.dtype, Callable[[int], Any], int]] = []
 
   def __enter__(self) -> "ParamsWriter":
     return self
 
   def write(self, leaves: Mapping[str, Any]) -> None:
     """Adds leaves (flat "/"-joined names -> arrays); each name may be written once."""
-    if not leaves:
-      return
-    repeated = self._written.intersection(leaves)
+    if leaves:
+      self._claim(leaves)
+      self._save({k: v if isinstance(v, jax.Array) else np.asarray(v) for k, v in leaves.items()})
+
+  def write_layers(self, name: str, shape: tuple[int, ...], dtype: Any,
+                   read_layer: Callable[[int], Any], in_flight_bytes: int = 0) -> None:
+    """Adds the stacked leaf `name` of `shape` [L, ...]: `read_layer(i)` gives layer i.
+
+    The layers are read and written at exit, in order: the next is read while one (or layers of
+    up to `in_flight_bytes` together) is written. Chunks never span two layers.
+    """
+    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+    if len(shape) < 2 or "." in name:
+      raise CheckpointError(f"{name}: write_layers needs a stacked [L, ...] leaf whose name has "
+                            f"no '.', got shape {shape}")
+    self._claim([name])
+    self._layered.append((name, shape, dtype, read_layer, in_flight_bytes))
+
+  def _claim(self, names) -> None:
+    repeated = self._written.intersection(names)
     if repeated:
       raise CheckpointError(f"leaf {sorted(repeated)[0]} was already written to this checkpoint")
-    arrays = {k: v if isinstance(v, jax.Array) else np.asarray(v) for k, v in leaves.items()}
-    # The config rides along as custom metadata (merged across partial saves).
-    with _quiet():
+    self._written.update(names)
+
+  def _save(self, arrays: Mapping[str, Any]) -> None:
+    # The config rides along as custom metadata (merged across partial saves). Arrays are not
+    # modified while the (synchronous) save runs, so Orbax need not copy them first.
+    context = ocp1.Context()
+    context.memory.deepcopy_host_arrays = False
+    context.array.saving.storage_options.chunk_byte_size = checkpoint_layers.CHUNK_BYTES
+    with _quiet(), context:
       ocp1.partial.save(self._dest.tmp, _nest(arrays), custom_metadata=(
           {} if self._config is None else {CONFIG_KEY: self._config.to_dict()}))
-    self._written.update(leaves)
 
   def __exit__(self, exc_type, exc, tb) -> None:
     if exc_type is not None or not self._written:
@@ -152,12 +184,28 @@ class ParamsWriter:
         raise CheckpointError("no parameters were written; refusing to create an empty checkpoint")
       return
     try:
+      if self._layered:  # one-element stand-ins, so that Orbax records the leaves
+        self._save({name: np.zeros((1,) * len(shape), dtype)
+                    for name, shape, dtype, *_ in self._layered})
       with _quiet():
         ocp1.partial.finalize(self._dest.tmp)
+      for name, shape, dtype, read_layer, in_flight in self._layered:
+        checkpoint_layers.write_layers(self._dest.tmp, name, shape, dtype,
+                                       _checked_layers(name, shape, dtype, read_layer), in_flight)
       self._dest.commit()
     except BaseException:
       self._dest.discard()
       raise
+
+
+def _checked_layers(name: str, shape: tuple[int, ...], dtype: np.dtype,
+                    read_layer: Callable[[int], Any]) -> Iterator[np.ndarray]:
+  for i in range(shape[0]):
+    layer = np.asarray(read_layer(i))
+    if layer.shape != shape[1:] or layer.dtype != dtype:
+      raise CheckpointError(f"layer {i} of {name} is {layer.shape} {layer.dtype}, expected "
+                            f"{shape[1:]} {dtype}")
+    yield layer
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -219,6 +267,21 @@ def read_leaves(path: str | os.PathLike, names: list[str], dtype: Any = None
   with _quiet(), _partial_context():
     out = ocp1.load_pytree(os.fspath(path), _nest(target))
   return {n: np.asarray(v) for n, v in _flat(out).items()}
+
+
+def open_leaf(path: str | os.PathLike, name: str) -> ts.TensorStore:
+  """Leaf `name` of a params checkpoint as a read-only tensorstore, to read part of it alone:
+  `open_leaf(path, name)[i].read().result()` is layer i. A read decodes whole chunks
+  (`.chunk_layout.read_chunk.shape`): one layer for leaves from `ParamsWriter.write_layers`,
+  every layer for Orbax's default chunking."""
+  path = _check_readable(path)
+  try:
+    return checkpoint_layers.open_leaf(path, name)
+  except OSError:
+    raise CheckpointError(f"{path} has no readable pytree metadata; it was not written by "
+                          "paligemma_jax.checkpoints") from None
+  except ValueError:  # tensorstore's NOT_FOUND
+    raise CheckpointError(f"{path} has no leaf {name}") from None
 
 
 def save_tree(path: str | os.PathLike, tree: Mapping[str, Any], *, overwrite: bool = False

@@ -68,6 +68,32 @@ def test_streamed_writer_equals_whole_save_and_reads_single_leaves(tmp_path):
     C.read_leaves(tmp_path / "streamed", ["params/nope"])
 
 
+def test_layer_streamed_leaves_are_plain_orbax_leaves_chunked_by_layer(tmp_path):
+  """`write_layers` pulls layers one at a time; the leaf restores like any other (onto a mesh
+  too) and one layer reads alone. A wrong layer fails the write and leaves nothing behind."""
+  params = jax.tree.map(np.asarray, random_params(PG2))
+  flat = C._flat(params)
+  with C.ParamsWriter(tmp_path / "ckpt", PG2) as writer:
+    for name, value in flat.items():
+      if "/layers/" in name:
+        writer.write_layers(name, value.shape, value.dtype, value.__getitem__)
+      else:
+        writer.write({name: value})
+  mesh = S.make_mesh(data=2, fsdp=2, model=2)
+  _, loaded = C.load_params(tmp_path / "ckpt", shardings=S.param_shardings(PG2, mesh))
+  _assert_identical(params, loaded)
+  q = C.open_leaf(tmp_path / "ckpt", "params/llm/layers/attn/q/w")
+  assert q.chunk_layout.read_chunk.shape[0] == 1
+  np.testing.assert_array_equal(q[1].read().result(), flat["params/llm/layers/attn/q/w"][1])
+  with pytest.raises(C.CheckpointError, match="no leaf params/nope"):
+    C.open_leaf(tmp_path / "ckpt", "params/nope")
+  w = flat["params/llm/layers/attn/q/w"]
+  with pytest.raises(C.CheckpointError, match="layer 1 of params/x is"):
+    with C.ParamsWriter(tmp_path / "bad", PG2) as writer:
+      writer.write_layers("params/x", w.shape, w.dtype, lambda i: w[i] if i == 0 else w[i, :1])
+  assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
 def test_any_tree_round_trips_without_a_config(tmp_path):
   tree = {"decoder": {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}},
           "codebook": np.ones((4, 2), np.float32)}

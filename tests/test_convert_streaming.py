@@ -1,9 +1,11 @@
 """The converter streams: writers hold about one native leaf (two where one npz array stores two
 leaves), readers materialise one leaf per read, and the peak of numpy memory during a whole
-conversion stays a small multiple of the largest leaf, far below the model.
+conversion stays a small multiple of the largest leaf, far below the model. The Orbax writer and
+reader go further, one layer of a stacked leaf at a time (a 28B MLP leaf is 15 GB, a layer 0.3).
 
-Leaves come from `GeneratedSource`, which draws each one from its own seed when read, so the model
-never exists in memory as a whole and whatever is alive was kept by the code under test.
+Leaves come from `GeneratedSource`, which draws each leaf (each layer of a stacked one) from its
+own seed when read, so the model never exists in memory as a whole and whatever is alive was kept
+by the code under test.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import convert_fixtures as CF
+import hf_oracle as O
+from paligemma_jax import checkpoints
 from paligemma_jax.conversion import HFSource, NpzSource, Source, write_hf, write_npz
 from paligemma_jax.conversion.orbax_io import BATCH_BYTES, OrbaxSource, write_orbax
-from paligemma_jax.conversion.streaming import RandomSource, native_specs, nbytes
+from paligemma_jax.conversion.streaming import RandomSource, native_specs, nbytes, stacked
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig
 
 # Many similar-sized leaves (8 layers on both sides, MLPs as wide as the model): the largest leaf
@@ -128,12 +133,11 @@ def test_peak_memory_of_whole_conversions_is_about_a_leaf(tmp_path, dtype):
   peaks["hf->npz"] = traced_peak(lambda: write_npz(source, str(tmp_path / "x.npz")))
   source = NpzSource(str(tmp_path / "x.npz"), CONFIG)
   peaks["npz->hf"] = traced_peak(lambda: write_hf(source, str(tmp_path / "hf2")))
-  # From a generated source (no slicing) the HF writer holds the leaf whose layers it writes;
-  # from HF and npz files, sources read one layer at a time, and the peak is an unstacked leaf
-  # (the patch conv) read and transposed, plus up to ~190 KiB of Python bookkeeping.
-  assert peaks["generated->hf"] <= 3 * leaf and peaks["generated->hf"] < 0.3 * model, peaks
+  # Every source reads one layer at a time, so the peak is an unstacked leaf (the patch conv)
+  # read and transposed, plus up to ~190 KiB of Python bookkeeping.
+  assert peaks["generated->hf"] < 0.3 * model, peaks
   unstacked = max(nbytes(s) for k, s in generated.specs().items() if "/layers/" not in k)
-  for step in ("hf->npz", "npz->hf"):
+  for step in ("generated->hf", "hf->npz", "npz->hf"):
     assert peaks[step] <= 2 * unstacked + (192 << 10) and peaks[step] < 0.15 * model, peaks
 
 
@@ -172,3 +176,143 @@ def test_npz_member_reads_match_np_load(tmp_path, save):
                                     want[2, part].astype(np.float32))
     np.testing.assert_array_equal(member.read(layer=1).astype(np.float32),
                                   want[1].astype(np.float32))
+
+
+# -- Orbax, one layer at a time -----------------------------------------------------------------
+
+# Wide layers (the largest stacked leaf, an MLP matrix, is 16 MiB in f32, a layer 2 MiB: far above
+# Python's bookkeeping) and 8 of them, so holding two layers and holding the leaf differ by 4x.
+WIDE = PaliGemmaConfig(
+    vision=SigLIPConfig(width=256, depth=8, mlp_dim=1024, num_heads=4, patch_size=14,
+                        image_size=28),
+    text=GemmaConfig(version=2, width=256, depth=8, mlp_dim=2048, num_heads=4, num_kv_heads=2,
+                     head_dim=64, vocab_size=256),
+    image_token_id=256)
+SMALL = 1 << 20  # batch_bytes: stacked leaves above it stream, smaller leaves batch up to it
+
+
+class OwnerRecordingSource(RecordingSource):
+  """Forwards `read` and `read_layer`; counts the bytes of the arrays (and of what they are views
+  of, such as a block of layers) still alive, each memory owner once."""
+
+  def __init__(self, source: Source):
+    super().__init__(source)
+    self._owners: set[int] = set()
+
+  def read(self, key):
+    return self._record(self.source.read(key))
+
+  def read_layer(self, key, layer):
+    return self._record(self.source.read_layer(key, layer))
+
+  def _record(self, array):
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+      owner = owner.base
+    if id(owner) not in self._owners:
+      self._owners.add(id(owner))
+      self.live_bytes += owner.nbytes
+      self.max_live_bytes = max(self.max_live_bytes, self.live_bytes)
+      weakref.finalize(owner, self._gone, id(owner), owner.nbytes)
+    return array
+
+  def _gone(self, owner, size):
+    self._owners.discard(owner)
+    self.live_bytes -= size
+
+
+def layer_and_leaf(source) -> tuple[int, int]:
+  """Bytes of one layer of the largest stacked leaf, and of that leaf."""
+  key = max((k for k in source.specs() if stacked(k)), key=lambda k: nbytes(source.specs()[k]))
+  spec = source.specs()[key]
+  return nbytes(spec) // spec.shape[0], nbytes(spec)
+
+
+def small_leaves(source) -> int:
+  """What one batch of small leaves may hold: the budget plus one leaf over it."""
+  return SMALL + max(nbytes(s) for k, s in source.specs().items()
+                     if not stacked(k) or nbytes(s) <= SMALL)
+
+
+def test_orbax_writer_holds_two_layers_not_a_stacked_leaf(tmp_path):
+  """Generated -> Orbax: what the writer keeps of the source's arrays, and the numpy peak, stay
+  within two layers (one being written, the next being read) or one batch of small leaves."""
+  generated = OwnerRecordingSource(GeneratedSource(WIDE))
+  layer, leaf = layer_and_leaf(generated)
+  peak = traced_peak(lambda: write_orbax(generated, str(tmp_path / "orbax"), batch_bytes=SMALL))
+  bound = max(2 * layer, small_leaves(generated)) + (256 << 10)
+  assert generated.max_live_bytes <= bound and peak <= bound, (peak, generated.max_live_bytes)
+  assert peak < leaf / 2
+  store = checkpoints.open_leaf(tmp_path / "orbax", "params/llm/layers/mlp/up/w")
+  assert store.chunk_layout.read_chunk.shape[0] == 1  # what lets a reader take one layer
+
+
+def test_orbax_reader_holds_one_layer_not_a_stacked_leaf(tmp_path):
+  """Orbax -> HF: the reader decodes one layer per `read_layer` (tensorstore reads into our numpy
+  array, so tracemalloc sees it), and keeps nothing of a leaf between layers."""
+  write_orbax(GeneratedSource(WIDE), str(tmp_path / "orbax"), batch_bytes=SMALL)
+  reader = OrbaxSource(str(tmp_path / "orbax"), batch_bytes=SMALL)
+  layer, leaf = layer_and_leaf(reader)
+  key = "params/llm/layers/mlp/up/w"
+
+  def read_each_layer():
+    for i in range(WIDE.text.depth):
+      reader.read_layer(key, i)  # and dropped
+
+  one = traced_peak(read_each_layer)
+  assert one <= layer + (64 << 10), one
+  recorded = OwnerRecordingSource(reader)
+  peak = traced_peak(lambda: write_hf(recorded, str(tmp_path / "hf")))
+  # The reader hands out one layer at a time; the HF writer adds its transposed copy.
+  assert recorded.max_live_bytes <= max(layer, small_leaves(reader)) + 64, recorded.max_live_bytes
+  assert peak <= 2 * layer + small_leaves(reader) and peak < leaf / 2, peak
+
+
+def test_orbax_reader_reads_checkpoints_chunked_across_layers(tmp_path):
+  """A leaf stored in Orbax's default chunks (every layer in one chunk, as every checkpoint
+  written before per-layer streaming) is read whole once and handed out layer by layer."""
+  generated = GeneratedSource()
+  write_orbax(generated, str(tmp_path / "orbax"))  # CONFIG's leaves are all below BATCH_BYTES
+  key = "params/llm/layers/mlp/up/w"
+  depth = CONFIG.text.depth
+  assert checkpoints.open_leaf(tmp_path / "orbax", key).chunk_layout.read_chunk.shape[0] == depth
+  reader = OrbaxSource(str(tmp_path / "orbax"), batch_bytes=0)
+  for i in range(depth):
+    np.testing.assert_array_equal(reader.read_layer(key, i), generated.read_layer(key, i))
+  assert not reader._blocks  # dropped after its last layer
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_streamed_orbax_checkpoint_is_bit_identical(tmp_path, dtype):
+  """Every stacked leaf streamed: each leaf read by `load_params` (plain Orbax restore), by
+  `read` and layer by layer equals the generated one, in dtype and bits."""
+  generated = GeneratedSource(dtype=dtype)
+  write_orbax(generated, str(tmp_path / "orbax"), batch_bytes=0)
+  _, loaded = checkpoints.load_params(tmp_path / "orbax")
+  loaded = {"/".join(k.key for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  reader = OrbaxSource(str(tmp_path / "orbax"))
+  for key, spec in generated.specs().items():
+    want = generated.read(key)
+    assert loaded[key].dtype == want.dtype == spec.dtype, key
+    np.testing.assert_array_equal(loaded[key], want, err_msg=key)
+    if stacked(key):
+      for i in range(spec.shape[0]):
+        np.testing.assert_array_equal(reader.read_layer(key, i), want[i], err_msg=key)
+    else:
+      np.testing.assert_array_equal(reader.read(key), want, err_msg=key)
+
+
+def test_streamed_hf_and_npz_round_trips_are_bit_identical(tmp_path):
+  """Real HF and big_vision files through streamed Orbax checkpoints and back: same bytes."""
+  hf = CF.hf_folder(str(tmp_path / "hf"), O.PG2, dtype="bfloat16")
+  write_orbax(HFSource(hf), str(tmp_path / "orbax"), batch_bytes=0)
+  write_hf(OrbaxSource(str(tmp_path / "orbax")), str(tmp_path / "hf2"))
+  assert CF.hf_tensor_bytes(str(tmp_path / "hf2")) == CF.hf_tensor_bytes(hf)
+  npz = CF.write_big_vision_npz(str(tmp_path / "bv.npz"), CF.BV_PG2, dtype="bfloat16")
+  write_orbax(NpzSource(npz, CF.BV_PG2), str(tmp_path / "orbax_bv"), batch_bytes=0)
+  write_npz(OrbaxSource(str(tmp_path / "orbax_bv")), str(tmp_path / "bv2.npz"))
+  a, b = CF.npz_arrays(npz), CF.npz_arrays(str(tmp_path / "bv2.npz"))
+  assert a.keys() == b.keys()
+  for key in a:
+    assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key

@@ -67,6 +67,11 @@ class Source:
     self.close()
 
 
+def stacked(key: str) -> bool:
+  """Whether the native leaf `key` holds one entry per layer on its leading axis."""
+  return "/layers/" in key
+
+
 def native_specs(config: PaliGemmaConfig) -> Specs:
   """The model's leaves ("params/..." keys) with the config's parameter dtype; no allocation."""
   return traverse_util.flatten_dict(param_shapes(config), sep="/")
@@ -176,10 +181,10 @@ class MemorySource(Source):
 
 
 class RandomSource(Source):
-  """Leaves of `config`'s shapes and param dtype made from random bits when read (each from its
-  own seed, so reads repeat): a model-sized checkpoint that never exists in memory, for
-  benchmarks and streaming tests. The top exponent bit is cleared, so every value is finite and
-  |x| < 2."""
+  """Leaves of `config`'s shapes and param dtype made from random bits when read (each unstacked
+  leaf and each layer of a stacked one from its own seed, so reads repeat and `read_layer` makes
+  one layer only): a model-sized checkpoint that never exists in memory, for benchmarks and
+  streaming tests. The top exponent bit is cleared, so every value is finite and |x| < 2."""
 
   def __init__(self, config: PaliGemmaConfig):
     self.config = config
@@ -189,14 +194,27 @@ class RandomSource(Source):
     return dict(self._specs)
 
   def read(self, key: str) -> np.ndarray:
-    import zlib  # noqa: PLC0415 -- only this generator needs it
     spec = self._specs[key]
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    wide = spec.dtype.itemsize == 4
-    bits = rng.integers(0, 1 << (32 if wide else 16), spec.shape,
+    if not stacked(key):
+      return self._draw(key, spec.shape, spec.dtype)
+    out = buffers.empty(spec.shape, spec.dtype)
+    for layer in range(spec.shape[0]):
+      out[layer] = self.read_layer(key, layer)
+    return out
+
+  def read_layer(self, key: str, layer: int) -> np.ndarray:
+    spec = self._specs[key]
+    return self._draw(f"{key}[{layer}]", spec.shape[1:], spec.dtype)
+
+  @staticmethod
+  def _draw(seed: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    import zlib  # noqa: PLC0415 -- only this generator needs it
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
+    wide = dtype.itemsize == 4
+    bits = rng.integers(0, 1 << (32 if wide else 16), shape,
                         dtype=np.uint32 if wide else np.uint16)
     bits &= bits.dtype.type(0xBFFFFFFF if wide else 0xBFFF)
-    return bits.view(spec.dtype)
+    return bits.view(dtype)
 
 
 def read_params(source: Source, dtype: Any = None) -> dict:
