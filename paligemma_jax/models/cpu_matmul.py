@@ -45,21 +45,30 @@ def _cpu_supported() -> bool:
 
 
 def _build() -> pathlib.Path:
-  """Compiles the kernels once per source and jax version; returns the shared library."""
+  """Compiles the kernels once per source and jax version; returns the shared library.
+
+  The library is cached under $XDG_CACHE_HOME (~/.cache) or, where that cannot be written, the
+  temporary directory.
+  """
   source = _SOURCE.read_bytes()
   tag = hashlib.sha256(source + jax.__version__.encode()).hexdigest()[:16]
-  cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-  lib = cache / "paligemma_jax" / f"cpu_matmul-{tag}.so"
-  if lib.exists():
-    return lib
-  lib.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-    out = pathlib.Path(tmp) / lib.name
-    subprocess.run(["g++", "-O3", "-std=c++17", "-mavx2", "-mfma", "-fPIC", "-shared",
-                    "-pthread", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)],
-                   check=True, capture_output=True)
-    os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
-  return lib
+  home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+  for cache in (home / "paligemma_jax", pathlib.Path(tempfile.gettempdir()) / "paligemma_jax"):
+    lib = cache / f"cpu_matmul-{tag}.so"
+    if lib.exists():
+      return lib
+    try:
+      cache.mkdir(parents=True, exist_ok=True)
+      with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        out = pathlib.Path(tmp) / lib.name
+        subprocess.run(["g++", "-O3", "-std=c++17", "-mavx2", "-mfma", "-fPIC", "-shared",
+                        "-pthread", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)],
+                       check=True, capture_output=True)
+        os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
+      return lib
+    except OSError:  # not writable (a compiler failure raises CalledProcessError)
+      continue
+  raise OSError("no writable cache directory for the CPU kernels")
 
 
 @functools.cache
