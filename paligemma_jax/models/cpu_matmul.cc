@@ -163,8 +163,9 @@ void NNBlock(const float* x, int64_t C, const uint16_t* w, int64_t F, float* y, 
 
 void NNRows(const float* x, int64_t M, int64_t C, const uint16_t* w, int64_t F, float* y,
             int64_t y_stride, int64_t f0, int64_t f1) {
-  // Column blocks outside, row groups inside: a block's weights (C x 256) are read from memory
-  // once and from cache by the later row groups.
+  // Groups of up to 4 rows, each a pass over the block's weights (C x kCols, larger than the
+  // caches). At 5-8 rows the kernel is bound by FMAs, not memory: one 8-row pass (broadcasts
+  // spilled from registers) measured slower than two 4-row passes reading the weights twice.
   for (int64_t b = f0; b < f1; b += kCols) {
     const int64_t e = std::min(f1, b + kCols);
     for (int64_t m = 0; m < M; m += 4) {
