@@ -194,13 +194,22 @@ def run_jsonl(pipe: Pipeline, input_path: str, output_path: str, *, batch_size: 
                       **generate)
 
 
+def tfds_job(source: TfdsSource, task: Task, *, process_index: int = 0, process_count: int = 1
+             ) -> tuple[Iterator[Row], int | None]:
+  """The rows `task` makes of this process's part of the split (dataset, split and fields are
+  checked now; examples are read lazily) and how many there are, where that is known up front
+  (one row per example), for the progress bar."""
+  rows = tfds_rows(source, task, process_index=process_index, process_count=process_count)
+  total = (count_examples(source, process_index=process_index, process_count=process_count)
+           if task.one_row_per_example else None)
+  return rows, total
+
+
 def run_tfds(pipe: Pipeline, source: TfdsSource, task: Task, output_path: str, *,
              batch_size: int = 8, overwrite: bool = False, max_new_tokens: int = 32,
              process_index: int = 0, process_count: int = 1, **generate: Any) -> Summary:
   """Predicts every row `task` makes of the TFDS split `source` into `output_path`."""
   check_output(output_path, overwrite)
-  rows = tfds_rows(source, task, process_index=process_index, process_count=process_count)
-  total = (count_examples(source, process_index=process_index, process_count=process_count)
-           if task.one_row_per_example else None)
+  rows, total = tfds_job(source, task, process_index=process_index, process_count=process_count)
   return predict_rows(pipe, rows, output_path, batch_size=batch_size, overwrite=overwrite,
                       max_new_tokens=max_new_tokens, total=total, **generate)

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import jax
 
 from paligemma_jax import sharding
-from paligemma_jax.data.tfds_input import count_examples, tfds_rows
-from paligemma_jax.inference.batch_infer import check_output, load_image, predict_rows, run_jsonl
+from paligemma_jax.inference.batch_infer import (check_output, load_image, predict_rows,
+                                                 run_jsonl, tfds_job)
 from paligemma_jax.inference.beam import BeamSearch
 from paligemma_jax.inference.infer_config import SAMPLERS, parse_infer_config
 from paligemma_jax.inference.mask_view import attention_mask_text
@@ -87,9 +87,8 @@ def run_config(config: Any, *, overwrite: bool = False) -> str:
   options = decoding_options(settings.sampler, settings.temperature, settings.top_k,
                              settings.top_p, settings.num_beams, settings.length_penalty,
                              settings.seed)
-  rows = tfds_rows(settings.data, cfg.task, process_index=index, process_count=count)
-  total = (count_examples(settings.data, process_index=index, process_count=count)
-           if cfg.task.one_row_per_example else None)
+  # The split and the task's fields are checked here, before the model loads.
+  rows, total = tfds_job(settings.data, cfg.task, process_index=index, process_count=count)
   mesh = None if count == 1 else sharding.make_mesh(devices=jax.local_devices())
   pipe = Pipeline.load(cfg.checkpoint, cfg.tokenizer, vqvae=cfg.vqvae or None,
                        image_method=cfg.image_method, max_length=cfg.max_length, mesh=mesh)
