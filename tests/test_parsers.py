@@ -7,9 +7,9 @@ import pytest
 
 from paligemma_jax.inference.parsers import (
     DetectedObject, ParsedObject, box_from_bins, box_to_pixels, clean_generated_text,
-    encode_detections, encode_segmentations, loc_bins, loc_tokens, mask_crop_64, mask_decoder,
-    mask_encoder, parse_detections, parse_objects, parse_segmentations, paste_mask,
-    segmentation_codes)
+    encode_detections, encode_segmentations, mask_crop_64, mask_decoder, mask_encoder,
+    parse_detections, parse_objects, parse_segmentations, paste_mask, segmentation_codes)
+from paligemma_jax.data.tokenizer import loc_bins, loc_tokens
 from paligemma_jax.models.vqvae import init_vqvae_params
 
 CODES = tuple(range(0, 128, 8))

@@ -28,6 +28,8 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from paligemma_jax.data.tokenizer import loc_tokens
+
 RowId = int | str
 
 
@@ -155,12 +157,6 @@ def images_of(example: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[np.nda
                          "read the dataset with paligemma_jax.data.tfds_rows")
       images.append(frame)
   return tuple(images)
-
-
-def loc_tokens(box_yxyx: Any) -> str:
-  """`<locNNNN>` x 4 of a normalised [ymin, xmin, ymax, xmax] box: bin = round(v * 1023)."""
-  bins = np.clip(np.round(np.asarray(box_yxyx, np.float64) * 1023), 0, 1023).astype(int)
-  return "".join(f"<loc{b:04d}>" for b in bins)
 
 
 # --- the tasks -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -22,6 +22,25 @@ import sentencepiece as spm
 NUM_LOC_TOKENS = 1024
 NUM_SEG_TOKENS = 128
 LOC_TOKENS: tuple[str, ...] = tuple(f"<loc{k:04d}>" for k in range(NUM_LOC_TOKENS))
+LOC_MAX = NUM_LOC_TOKENS - 1  # 1023: v = bin / 1023, not / 1024 (processor.md §5)
+
+
+def loc_bins(box_normalized: Sequence[float]) -> tuple[int, int, int, int]:
+  """Bins of a normalised (ymin, xmin, ymax, xmax) box: clip(round(v * 1023), 0, 1023).
+
+  float32 and half-to-even rounding, as big_vision's `tf.round(bbox * 1023)` on TFDS's float32
+  boxes (0.5 -> 511.5 -> 512).
+  """
+  v = np.asarray(box_normalized, np.float32)
+  if v.shape != (4,) or not np.all(np.isfinite(v)):
+    raise ValueError(f"a box is 4 finite numbers (ymin, xmin, ymax, xmax) in [0, 1], got {v}")
+  bins = np.clip(np.round(v * np.float32(LOC_MAX)), 0, LOC_MAX).astype(np.int64)
+  return tuple(int(b) for b in bins)
+
+
+def loc_tokens(box_normalized: Sequence[float]) -> str:
+  """`<locNNNN>` x 4, no spaces, order ymin xmin ymax xmax."""
+  return "".join(LOC_TOKENS[b] for b in loc_bins(box_normalized))
 SEG_TOKENS: tuple[str, ...] = tuple(f"<seg{k:03d}>" for k in range(NUM_SEG_TOKENS))
 IMAGE_TOKEN = "<image>"
 

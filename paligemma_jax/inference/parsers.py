@@ -28,10 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import PIL.Image
 
-from paligemma_jax.data.tokenizer import NUM_LOC_TOKENS, NUM_SEG_TOKENS
+from paligemma_jax.data.tokenizer import LOC_MAX, NUM_SEG_TOKENS, loc_tokens
 from paligemma_jax.models.vqvae import MASK_SIZE, NUM_TOKENS, decode_codes, encode_masks
 
-LOC_MAX = NUM_LOC_TOKENS - 1  # 1023: v = bin / 1023, not / 1024 (processor.md §5)
 SEPARATOR = " ; "
 # Strings HF's `skip_special_tokens=True` removes from PaliGemma output; <eos> ends the text.
 SPECIAL_STRINGS = ("<pad>", "<bos>", "<unk>", "<image>")
@@ -114,24 +113,6 @@ def clean_generated_text(text: str, prompt: str | None = None) -> str:
 
 
 # --- boxes ---------------------------------------------------------------------------------------
-
-
-def loc_bins(box_normalized: Sequence[float]) -> tuple[int, int, int, int]:
-  """Bins of a normalised (ymin, xmin, ymax, xmax) box: clip(round(v * 1023), 0, 1023).
-
-  float32 and half-to-even rounding, as big_vision's `tf.round(bbox * 1023)` on TFDS's float32
-  boxes (0.5 -> 511.5 -> 512).
-  """
-  v = np.asarray(box_normalized, np.float32)
-  if v.shape != (4,) or not np.all(np.isfinite(v)):
-    raise ValueError(f"a box is 4 finite numbers (ymin, xmin, ymax, xmax) in [0, 1], got {v}")
-  bins = np.clip(np.round(v * np.float32(LOC_MAX)), 0, LOC_MAX).astype(np.int64)
-  return tuple(int(b) for b in bins)
-
-
-def loc_tokens(box_normalized: Sequence[float]) -> str:
-  """`<locNNNN>` x 4, no spaces, order ymin xmin ymax xmax."""
-  return "".join(f"<loc{b:04d}>" for b in loc_bins(box_normalized))
 
 
 def box_from_bins(loc: Sequence[int]) -> tuple[float, float, float, float]:
