@@ -79,3 +79,56 @@ def test_bf16_decode_matches_decode_without_kernels(monkeypatch):
   np.testing.assert_array_equal(with_kernels.tokens, without.tokens)
   scale = float(jnp.abs(without.logits).max())
   np.testing.assert_allclose(with_kernels.logits, without.logits, atol=2e-2 * scale)
+
+
+def test_nn_split_over_contraction_is_deterministic():
+  # Tall and narrow (the down projection's shape): the contraction is split into pieces whose
+  # partial sums are added in a fixed order, so repeated calls agree bit for bit.
+  x, w = _rand(0, (3, 1, 4099)), _rand(1, (4099, 72))
+  run = jax.jit(lambda x, w: cpu_matmul.einsum("BTF,FD->BTD", x, w))
+  first = np.asarray(run(x, w))
+  for _ in range(5):
+    np.testing.assert_array_equal(run(x, w), first)
+  want = jnp.einsum("BTF,FD->BTD", x.astype(jnp.float32), w.astype(jnp.float32),
+                    precision="highest")
+  np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+def test_widen_is_exact_and_differentiable():
+  x = _rand(0, (3, 5, 1031))
+  x = x.at[0, 0, :4].set(jnp.array([jnp.inf, -jnp.inf, jnp.nan, -0.0], jnp.bfloat16))
+  got = jax.jit(cpu_matmul.widen)(x)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, x.astype(jnp.float32))  # NaN == NaN here
+  grad = jax.grad(lambda x: jnp.sum(cpu_matmul.widen(x) * 3.0))(_rand(1, (4, 9)))
+  assert grad.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(grad, jnp.full((4, 9), 3.0, jnp.bfloat16))
+
+
+def test_take_rows_equals_jnp_take():
+  table = _rand(0, (64, 19))
+  ids = jnp.array([[0, 3, 63], [-1, -64, 64], [-65, 1000, 7]])  # negative, out of range
+  got = jax.jit(cpu_matmul.take_rows)(table, ids)
+  want = jnp.take(table, ids, axis=0)
+  assert got.shape == (3, 3, 19) and got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  assert np.isnan(np.asarray(got[1, 2], np.float32)).all()  # out of range: NaN rows
+  loss = lambda take: lambda t: jnp.sum(take(t, ids[:1]).astype(jnp.float32) ** 2)
+  np.testing.assert_array_equal(
+      jax.grad(loss(cpu_matmul.take_rows))(table),
+      jax.grad(loss(lambda t, i: jnp.take(t, i, axis=0)))(table))
+
+
+def test_bf16_decode_widens_no_whole_array():
+  # XLA:CPU runs bf16 slices and gathers in f32, and hoists the widening of a loop-invariant
+  # array out of the loop: before take_rows, the decode loop widened the whole embedding table
+  # once per call (2 GB for the real vocabulary).
+  config = PG2_WINDOW.replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = random_params(config)
+  batch = make_batch(config, batch=2, suffix_len=0)
+  program = decode_tokens.lower(params, batch["tokens"], batch["images"], batch["input_mask"],
+                                batch["mask_ar"], config=config, max_new_tokens=4,
+                                eos_id=-1).compile().as_text()
+  table = params["params"]["llm"]["embedding"].shape
+  assert f"bf16[{table[0]},{table[1]}]" in program
+  assert f"f32[{table[0]},{table[1]}]" not in program

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
 _SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
-_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT"}
+_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden", "take": "PgTakeRows"}
 
 
 def _cpu_supported() -> bool:
@@ -79,7 +79,7 @@ def available() -> bool:
   try:
     library = ctypes.cdll.LoadLibrary(str(_build()))
     for kind, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(f"paligemma_cpu_matmul_{kind}",
+      jax.ffi.register_ffi_target(f"paligemma_cpu_{kind}",
                                   jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
   except (OSError, subprocess.CalledProcessError, AttributeError):
     return False
@@ -91,7 +91,7 @@ def _threads() -> int:
 
 
 def _call(kind: str, x_MxC: jax.Array, w: jax.Array, out_shape: tuple[int, ...]) -> jax.Array:
-  call = jax.ffi.ffi_call(f"paligemma_cpu_matmul_{kind}",
+  call = jax.ffi.ffi_call(f"paligemma_cpu_{kind}",
                           jax.ShapeDtypeStruct(out_shape, jnp.float32),
                           vmap_method="sequential")
   return call(x_MxC.astype(jnp.float32), w, threads=_threads())
@@ -160,3 +160,62 @@ def einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
   if not plan.ok or plan.rows > MAX_ROWS or not available():
     return None
   return _kernel_einsum(spec, x, w)
+
+
+# -- bf16 data movement that XLA:CPU would otherwise move onto whole arrays ----------------------
+#
+# XLA:CPU runs bf16 dynamic-slices and gathers in f32 when their result is widened: it rewrites
+# `convert(slice(w))` as `slice(convert(w))`, and when `w` is loop-invariant it hoists the convert
+# of the whole array out of the loop. A scan over layers then widened every layer's weights at
+# once before the first, and the decode loop the 257k-row embedding (2 GB and ~0.9 s per call,
+# measured). These two kernels are opaque to XLA, so only the slice or rows used are widened.
+
+def _widen_kernel(x: jax.Array) -> jax.Array:
+  call = jax.ffi.ffi_call("paligemma_cpu_widen", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(x, threads=_threads())
+
+
+@jax.custom_vjp
+def _widen(x: jax.Array) -> jax.Array:
+  return _widen_kernel(x)
+
+
+_widen.defvjp(lambda x: (_widen_kernel(x), None), lambda _, g: (g.astype(jnp.bfloat16),))
+
+
+def widen(x: jax.Array) -> jax.Array | None:
+  """bf16 `x` as float32 through the CPU kernel, or None where it does not apply."""
+  if x.dtype != jnp.bfloat16 or jax.default_backend() != "cpu" or not available():
+    return None
+  return _widen(x)
+
+
+@jax.custom_vjp
+def _take(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+  call = jax.ffi.ffi_call("paligemma_cpu_take",
+                          jax.ShapeDtypeStruct((ids.size, table_VxD.shape[1]), table_VxD.dtype),
+                          vmap_method="sequential")
+  return call(table_VxD, ids.reshape(-1).astype(jnp.int32)).reshape(*ids.shape, -1)
+
+
+def _take_forward(table_VxD, ids):
+  return _take(table_VxD, ids), (table_VxD, ids)
+
+
+def _take_backward(residuals, g):
+  table_VxD, ids = residuals
+  _, vjp = jax.vjp(lambda t: jnp.take(t, ids, axis=0), table_VxD)
+  return vjp(g)[0], None
+
+
+_take.defvjp(_take_forward, _take_backward)
+
+
+def take_rows(table_VxD: jax.Array, ids: jax.Array) -> jax.Array | None:
+  """`jnp.take(table, ids, axis=0)` of a bf16 table through the CPU kernel (NaN rows for ids out
+  of range, as jnp.take's "fill" mode), or None where it does not apply."""
+  if (table_VxD.dtype != jnp.bfloat16 or table_VxD.ndim != 2 or jax.default_backend() != "cpu"
+      or not available()):
+    return None
+  return _take(table_VxD, ids)

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from paligemma_jax.models.attention import dot_product_attention
 from paligemma_jax.models.config import GemmaConfig, embed_scale
 from paligemma_jax.models.kv_cache import KVCache
-from paligemma_jax.models.layers import Einsum, RMSNorm, apply_rope, einsum_f32, scan_layers
+from paligemma_jax.models.layers import (Einsum, RMSNorm, apply_rope, einsum_f32, scan_layers,
+                                         take_rows)
 
 
 class GemmaAttention(nn.Module):
@@ -135,7 +136,7 @@ class Gemma(nn.Module):
 
   def embed(self, tokens_BxT: jax.Array) -> jax.Array:
     """Embedding rows times sqrt(D) rounded to the parameter dtype, in the compute dtype."""
-    rows = jnp.take(self.embedding, tokens_BxT, axis=0)
+    rows = take_rows(self.embedding, tokens_BxT)
     return (rows * embed_scale(self.config.width, rows.dtype)).astype(self.dtype)
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,

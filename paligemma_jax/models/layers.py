@@ -23,11 +23,20 @@ def cpu_upcast(x: jax.Array) -> jax.Array:
 
   XLA:CPU's f32 GEMM outruns its bf16 one on CPUs without bf16 FMA units (measured 1.2-1.7x on
   the prefill of the benchmark model), and bf16 -> f32 is exact: the products are the same and
-  are summed in f32 either way, so only the summation order can differ.
+  are summed in f32 either way, so only the summation order can differ. The widening runs in
+  `cpu_matmul.widen` where it can, so that XLA does not widen whole layer stacks at once.
   """
   if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-    return x.astype(jnp.float32)
+    y = cpu_matmul.widen(x)
+    return x.astype(jnp.float32) if y is None else y
   return x
+
+
+def take_rows(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+  """`jnp.take(table, ids, axis=0)`: out-of-range ids give NaN rows. On CPU a bf16 table is read
+  through `cpu_matmul.take_rows`, so XLA does not widen the whole table (see there)."""
+  rows = cpu_matmul.take_rows(table_VxD, ids)
+  return jnp.take(table_VxD, ids, axis=0) if rows is None else rows
 
 
 def einsum_f32(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
