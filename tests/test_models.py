@@ -401,7 +401,7 @@ def test_single_row_einsum_equals_plain_einsum(shape):
 
 @pytest.mark.parametrize("name", ["pg1", "pg2_window"])
 def test_unrolled_decode_steps_equal_scanned_ones(name):
-  """Decoding over per-layer params (the CPU default) is the scanned decoder's math."""
+  """Prefill and decode steps over per-layer params (the CPU default) are the scanned math."""
   from paligemma_jax.inference import decode_tokens
   config = F.CONFIGS[name]
   params = F.random_params(config)

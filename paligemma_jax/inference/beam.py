@@ -166,8 +166,9 @@ def _beam_search(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
                  ) -> Beams:
   model = PaliGemma(config)
   b, k, n = tokens_BxS.shape[0], num_beams, max_new_tokens
+  layers = decode_layers(params, None)
   logits_BxV, decode_state = prefill(model, params, tokens_BxS, images, input_mask_BxS,
-                                     mask_ar_BxS, n)
+                                     mask_ar_BxS, n, layers)
   rows_BK = jnp.repeat(jnp.arange(b), k)  # example b's beams are rows b*K .. b*K + K-1
   logits_BKxV, decode_state = logits_BxV[rows_BK], decode_state.take(rows_BK)
   select = functools.partial(_select, rule=rule)
@@ -178,7 +179,6 @@ def _beam_search(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
                    jnp.zeros((b, k), bool), jnp.ones((b,), bool), jnp.zeros((b, k), jnp.int32),
                    jnp.bool_(True))
   search = select(jnp.int32(0), logits_BKxV, search)
-  layers = decode_layers(params, None)
 
   def body(carry: tuple[jax.Array, _Search, DecodeState]):
     """Reorders the cache to the surviving beams, feeds their tokens, selects the next."""

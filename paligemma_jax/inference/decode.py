@@ -38,11 +38,12 @@ class DecodeState:
 
 
 def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
-            input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, max_new_tokens: int
-            ) -> tuple[jax.Array, DecodeState]:
+            input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, max_new_tokens: int,
+            layers: list[dict] | None = None) -> tuple[jax.Array, DecodeState]:
   """Runs the prompt through the model into a cache of S + N slots.
 
-  Returns the float32 logits [B, V] that predict the first new token, and the state.
+  Returns the float32 logits [B, V] that predict the first new token, and the state. `layers`
+  (from `decode_layers`) runs the decoder layers unrolled over per-layer params.
   """
   config = model.config
   b, s = tokens_BxS.shape
@@ -54,7 +55,7 @@ def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.A
   future = lambda m: None if m is None else jnp.pad(m, ((0, 0), (0, 0), (0, max_new_tokens)))
   cache = KVCache.zeros(config.text, b, s + max_new_tokens, config.compute_dtype)
   h_BxSxD, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
-                               future(sliding), cache, method=PaliGemma.decode_hidden)
+                               future(sliding), cache, layers, method=PaliGemma.decode_hidden)
   # Only the last prompt position's logits are needed (prompts are left-padded).
   logits_Bx1xV = model.apply(params, h_BxSxD[:, -1:], method=PaliGemma.logits)
   keys_BxC = jnp.pad(input_mask_BxS.astype(bool), ((0, 0), (0, max_new_tokens)))
@@ -73,7 +74,10 @@ def decode_layers(params: dict, unroll: bool | None) -> list[dict] | None:
   Unrolled steps read each layer's weights in place; scanned steps make XLA:CPU copy every
   layer's weights out of the stack on each step. None picks unrolled on CPU, where that copy is
   most of a step (measured ~5x), and scanned elsewhere (compile time does not grow with depth).
-  Call it outside the decode loop: the slicing then happens once per generation.
+  Call it outside the decode loop: the slicing then happens once per generation. The prefill
+  uses them too: XLA:CPU runs a scan's bf16 weight slices in f32, so a scanned prefill widened
+  every layer's weights at once (2x their bytes, measured ~0.3 s per layer of the benchmark
+  model), where the unrolled one widens a layer at a time.
   """
   if unroll is None:
     unroll = jax.default_backend() == "cpu"
@@ -125,9 +129,9 @@ def decode_tokens(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
   """
   model = PaliGemma(config)
   b, n = tokens_BxS.shape[0], max_new_tokens
-  logits_BxV, decode_state = prefill(model, params, tokens_BxS, images, input_mask_BxS,
-                                     mask_ar_BxS, n)
   layers = decode_layers(params, unroll_layers)
+  logits_BxV, decode_state = prefill(model, params, tokens_BxS, images, input_mask_BxS,
+                                     mask_ar_BxS, n, layers)
 
   def record(step, logits_BxV, out: Generation, done_B):
     """Chooses the tokens of `step` from its logits and writes them out."""

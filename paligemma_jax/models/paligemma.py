@@ -74,9 +74,15 @@ class PaliGemma(nn.Module):
     return self.llm.logits(h_BxSxD)
 
   def decode_hidden(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
-                    sliding_mask_BxTxS: jax.Array | None, cache: KVCache | None
-                    ) -> tuple[jax.Array, KVCache | None]:
-    """Decoder pass on ready embeddings with explicit masks -> final hidden states [B, T, D]."""
+                    sliding_mask_BxTxS: jax.Array | None, cache: KVCache | None,
+                    layers: Sequence[dict] | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Decoder pass on ready embeddings with explicit masks -> final hidden states [B, T, D].
+
+    `layers` (from `unstack_layers`, with a cache) runs the layers unrolled over them.
+    """
+    if layers is not None:
+      return self.llm.unrolled(layers, x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS,
+                               cache)
     return self.llm(x_BxTxD, positions_BxT, mask_BxTxS, sliding_mask_BxTxS, cache)
 
   def logits(self, h_BxTxD: jax.Array) -> jax.Array:
