@@ -44,11 +44,11 @@ def best_of(fn, repeats: int) -> float:
 
 # -- machine peaks, measured in this run ---------------------------------------------------------
 
-def matmul_peak(repeats: int = 5) -> float:
-  """bf16 FLOP/s of a prefill-shaped matmul (f32 accumulation, as the model does)."""
+def matmul_peak(dtype=jnp.bfloat16, repeats: int = 5) -> float:
+  """FLOP/s of a prefill-shaped matmul in `dtype` (f32 accumulation, as the model does)."""
   s, d, f = 512, 2048, 16384
-  x = jnp.ones((s, d), jnp.bfloat16)
-  w = jnp.ones((d, f), jnp.bfloat16)
+  x = jnp.ones((s, d), dtype)
+  w = jnp.ones((d, f), dtype)
   mm = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32))
   return 2 * s * d * f / best_of(lambda: mm(x, w).block_until_ready(), repeats)
 
@@ -68,6 +68,11 @@ def read_bandwidth(repeats: int = 5) -> float:
   v = jnp.ones((2, 1 << 12), jnp.float32)
   gemv = jax.jit(lambda w, v: jnp.dot(v, w.T))
   rates.append(w.nbytes / best_of(lambda: gemv(w, v).block_until_ready(), repeats))
+  if jax.default_backend() == "cpu" and cpu_matmul.available():  # our decode kernel, one row
+    w = jnp.ones((1 << 18, 1 << 11), jnp.bfloat16)
+    v = jnp.ones((1, 1 << 11), jnp.float32)
+    head = jax.jit(lambda w, v: cpu_matmul.einsum("MC,FC->MF", v, w))
+    rates.append(w.nbytes / best_of(lambda: head(w, v).block_until_ready(), repeats))
   return max(rates)
 
 
@@ -104,46 +109,62 @@ def prompts(batch: int, text: int, seed: int = 0) -> dict:
           "images": rng.uniform(-1, 1, (batch, 1, RES, RES, 3)).astype(np.float32)}
 
 
-def ours_timer(config, params, batch: dict, repeats: int):
-  """seconds(n) of prefill + n greedy tokens (eos disabled so every row runs n steps), through
+def ours_runner(config, params, batch: dict):
+  """run(n): prefill + n greedy tokens (eos disabled so every row runs n steps), through
   `decode_tokens` as `generate` calls it (no per-step logits kept, as HF's generate by default)."""
-  def seconds(n: int) -> float:
-    run = lambda: decode_tokens(params, batch["tokens"], batch["images"], batch["input_mask"],
-                                batch["mask_ar"], config=config, max_new_tokens=n,
-                                eos_id=-1).tokens.block_until_ready()
-    return best_of(run, repeats)
-  return seconds
+  def run(n: int) -> None:
+    decode_tokens(params, batch["tokens"], batch["images"], batch["input_mask"],
+                  batch["mask_ar"], config=config, max_new_tokens=n,
+                  eos_id=-1).tokens.block_until_ready()
+  return run
 
 
-def hf_timer(model, batch: dict, repeats: int):
+def hf_runner(model, batch: dict):
   import torch
   ids = torch.as_tensor(batch["tokens"], dtype=torch.long)
   mask = torch.as_tensor(batch["input_mask"], dtype=torch.long)
   pixels = torch.as_tensor(batch["images"][:, 0].transpose(0, 3, 1, 2)).bfloat16()
 
-  def seconds(n: int) -> float:
-    def run():
-      with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
-                       max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
-    return best_of(run, repeats)
-  return seconds
+  def run(n: int) -> None:
+    with torch.no_grad():
+      model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, do_sample=False,
+                     max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
+  return run
 
 
-def phases(seconds, new_tokens: int) -> tuple[float, float]:
-  """(prefill s, decode s/token): one token is the prefill; the rest are decode steps."""
-  one = seconds(1)
-  return one, (seconds(new_tokens + 1) - one) / new_tokens
+def phases(runners: dict, new_tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
+  """{name: (prefill s, decode s/token)}: one token is the prefill, the rest are decode steps.
+
+  Each figure is the best of `repeats` runs (after a warm-up), and the runners take turns within
+  each round, so a slow drift of the machine (other tenants' memory traffic) reaches every side
+  alike instead of whichever happened to run during it.
+  """
+  lengths = (1, new_tokens + 1)
+  best = {(name, n): float("inf") for name in runners for n in lengths}
+  for round_ in range(repeats + 1):
+    for name, run in runners.items():
+      for n in lengths:
+        start = time.perf_counter()
+        run(n)
+        if round_:  # round 0 compiles and warms up
+          best[name, n] = min(best[name, n], time.perf_counter() - start)
+  return {name: (best[name, 1], (best[name, lengths[1]] - best[name, 1]) / new_tokens)
+          for name in runners}
+
+
+def llm_weights(config) -> int:
+  """Decoder weights a decode step reads (the embedding once, as the LM head)."""
+  t = config.text
+  return t.vocab_size * t.width + t.depth * (2 * t.num_heads * t.head_dim * t.width +
+                                             2 * t.num_kv_heads * t.head_dim * t.width +
+                                             3 * t.width * t.mlp_dim + 2 * t.width)
 
 
 def decode_bytes(config, batch: int, context: int) -> float:
-  """LLM weights (embedding once, as the LM head) + the KV cache read per decode step."""
+  """LLM weights + the KV cache read per decode step."""
   t = config.text
-  w = t.vocab_size * t.width + t.depth * (2 * t.num_heads * t.head_dim * t.width +
-                                          2 * t.num_kv_heads * t.head_dim * t.width +
-                                          3 * t.width * t.mlp_dim + 2 * t.width)
   kv = 2 * t.depth * t.num_kv_heads * t.head_dim * batch * context
-  return 2 * (w + kv)  # bf16
+  return 2 * (llm_weights(config) + kv)  # bf16
 
 
 def prefill_flops(config, batch: int, s: int) -> float:
@@ -158,8 +179,9 @@ def prefill_flops(config, batch: int, s: int) -> float:
 
 def cpu_benchmark(args) -> None:
   print(f"devices: {jax.devices()}")
-  peak, bw = matmul_peak(), read_bandwidth()
-  print(f"measured: bf16 matmul {peak / 1e9:.1f} GFLOP/s, read bandwidth {bw / 1e9:.1f} GB/s")
+  peak, f32_peak, bw = matmul_peak(), matmul_peak(jnp.float32), read_bandwidth()
+  print(f"measured: bf16 matmul {peak / 1e9:.1f} GFLOP/s, f32 matmul {f32_peak / 1e9:.1f} "
+        f"GFLOP/s, read bandwidth {bw / 1e9:.1f} GB/s (measured again after each batch)")
   model = hf_reduced_depth(args.layers)
   with tempfile.TemporaryDirectory() as folder:
     model.save_pretrained(folder)
@@ -169,24 +191,32 @@ def cpu_benchmark(args) -> None:
   print("'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
         "step time. 'ours bf16' decodes through the CPU kernels of models/cpu_matmul.py "
         f"(available: {cpu_matmul.available()}); 'ours f32' upcasts the same weights to f32, "
-        "so it reads 2x the bytes")
+        "so it reads 2x the bytes. 'compute floor' = a step's multiply-adds (2 x rows x weights) "
+        "at the measured f32 matmul rate: past a few rows a step is bound by it, not by memory")
   header = ("batch", "prefill ms ours/HF", "ratio", "% peak ours/HF", "decode ms/tok ours/HF",
-            "ratio", "% roofline ours/HF")
+            "ratio", "% roofline ours/HF", "compute floor ms")
   print(" | ".join(header))
   f32_config = config.replace(dtype="float32", param_dtype="float32")
   f32_params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
   for b in args.batch:
     batch = prompts(b, args.text)
     s = batch["tokens"].shape[1]
-    hf_pre, hf_dec = phases(hf_timer(model, batch, args.repeats), args.new_tokens)
     flops = prefill_flops(config, b, s)
+    compute_floor = 2 * b * llm_weights(config) / f32_peak
+    times = phases({"HF": hf_runner(model, batch),
+                    "ours bf16": ours_runner(config, params, batch),
+                    "ours f32": ours_runner(f32_config, f32_params, batch)},
+                   args.new_tokens, args.repeats)
+    hf_pre, hf_dec = times.pop("HF")
+    # The machine drifts over minutes: the roofline uses the best bandwidth seen before or after.
+    bw = max(bw, read_bandwidth())
     floor = decode_bytes(config, b, s + args.new_tokens) / bw
-    for name, cfg, prm in (("ours bf16", config, params), ("ours f32", f32_config, f32_params)):
-      pre, dec = phases(ours_timer(cfg, prm, batch, args.repeats), args.new_tokens)
+    for name, (pre, dec) in times.items():
       print(f"{b} {name} | {pre * 1e3:.0f} / {hf_pre * 1e3:.0f} | {hf_pre / pre:.2f}x | "
             f"{100 * flops / pre / peak:.0f}% / {100 * flops / hf_pre / peak:.0f}% | "
             f"{dec * 1e3:.1f} / {hf_dec * 1e3:.1f} | {hf_dec / dec:.2f}x | "
-            f"{100 * floor / dec:.0f}% / {100 * floor / hf_dec:.0f}%", flush=True)
+            f"{100 * floor / dec:.0f}% / {100 * floor / hf_dec:.0f}% | "
+            f"{compute_floor * 1e3:.1f}", flush=True)
 
 
 def full_benchmark(args) -> None:
@@ -198,7 +228,8 @@ def full_benchmark(args) -> None:
   for b in (1, 64):
     batch = prompts(b, args.text)
     batch["tokens"][:, :M] = config.image_token_id
-    pre, dec = phases(ours_timer(config, params, batch, args.repeats), args.new_tokens)
+    pre, dec = phases({"ours": ours_runner(config, params, batch)}, args.new_tokens,
+                      args.repeats)["ours"]
     floor = decode_bytes(config, b, batch["tokens"].shape[1] + args.new_tokens) / bw
     total = pre + dec * args.new_tokens
     print(f"batch {b}: prefill {pre * 1e3:.1f} ms, decode {dec * 1e3:.2f} ms/token "
