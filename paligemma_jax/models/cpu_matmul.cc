@@ -9,9 +9,10 @@
 //
 //   PgMatmulNN: y[M, L, F] = x[M, C] . w[L, C, F]   (big_vision layout: contraction before output)
 //   PgMatmulNT: y[M, F]    = x[M, C] . w[F, C]^T    (the embedding used as the LM head)
+//   PgTakeRows: y[N, D]    = table[ids[N], D]       (the embedding lookup; see cpu_matmul.py)
 //
 // Work is split between up to `threads` threads of a persistent pool: NN over the contraction
-// (each thread then holds partial sums), NT over output columns.
+// (pieces of partial sums, added in a fixed order), NT over output columns.
 
 #include <immintrin.h>
 
@@ -311,19 +312,6 @@ ffi::Error MatmulNT(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   return ffi::Error::Success();
 }
 
-// y = x as float32, for a bf16 x of any shape (bf16 is the top half of an f32).
-ffi::Error WidenAll(ffi::Buffer<ffi::BF16> x, ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
-  const int64_t n = static_cast<int64_t>(x.element_count());
-  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
-  float* yp = y->typed_data();
-  Parallel(n, 1 << 16, static_cast<int>(threads), [&](int, int64_t lo, int64_t hi) {
-    int64_t i = lo;
-    for (; i + 8 <= hi; i += 8) _mm256_storeu_ps(yp + i, Widen(xp + i));
-    for (; i < hi; ++i) yp[i] = Widen1(xp[i]);
-  });
-  return ffi::Error::Success();
-}
-
 // y[n, :] = table[ids[n], :] for a bf16 table [V, D], as jnp.take's default "fill" mode: ids in
 // [-V, 0) count from the end, ids outside [-V, V) give NaN rows.
 ffi::Error TakeRows(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids,
@@ -346,12 +334,6 @@ ffi::Error TakeRows(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids,
 }
 
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PgWiden, WidenAll,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PgTakeRows, TakeRows,
                               ffi::Ffi::Bind()

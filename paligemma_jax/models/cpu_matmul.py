@@ -10,7 +10,8 @@ maps an einsum onto them.
 `einsum(spec, x, w)` returns None whenever the kernels do not apply, and the caller runs its
 usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
 batch axes, a CPU without AVX2/FMA, no compiler, or `PALIGEMMA_JAX_CPU_KERNELS=0`. Gradients go
-through the plain einsum (custom VJP), so training code may call it too.
+through the plain einsum (custom VJP), so training code may call it too. `take_rows` is a third
+kernel, for the embedding lookup (see its section).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 
 MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
 _SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
-_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden", "take": "PgTakeRows"}
+_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "take": "PgTakeRows"}
 
 
 def _cpu_supported() -> bool:
@@ -162,34 +163,13 @@ def einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
   return _kernel_einsum(spec, x, w)
 
 
-# -- bf16 data movement that XLA:CPU would otherwise move onto whole arrays ----------------------
+# -- the embedding lookup ---------------------------------------------------------------------
 #
-# XLA:CPU runs bf16 dynamic-slices and gathers in f32 when their result is widened: it rewrites
-# `convert(slice(w))` as `slice(convert(w))`, and when `w` is loop-invariant it hoists the convert
-# of the whole array out of the loop. A scan over layers then widened every layer's weights at
-# once before the first, and the decode loop the 257k-row embedding (2 GB and ~0.9 s per call,
-# measured). These two kernels are opaque to XLA, so only the slice or rows used are widened.
-
-def _widen_kernel(x: jax.Array) -> jax.Array:
-  call = jax.ffi.ffi_call("paligemma_cpu_widen", jax.ShapeDtypeStruct(x.shape, jnp.float32),
-                          vmap_method="broadcast_all")
-  return call(x, threads=_threads())
-
-
-@jax.custom_vjp
-def _widen(x: jax.Array) -> jax.Array:
-  return _widen_kernel(x)
-
-
-_widen.defvjp(lambda x: (_widen_kernel(x), None), lambda _, g: (g.astype(jnp.bfloat16),))
-
-
-def widen(x: jax.Array) -> jax.Array | None:
-  """bf16 `x` as float32 through the CPU kernel, or None where it does not apply."""
-  if x.dtype != jnp.bfloat16 or jax.default_backend() != "cpu" or not available():
-    return None
-  return _widen(x)
-
+# XLA:CPU runs bf16 gathers (and dynamic-slices) in f32: its bf16 float normalization turns
+# `gather(table)` into `gather(convert(table))`, and when the table is loop-invariant the convert
+# of the whole table is hoisted out of the loop. The decode loop's embedding lookup then widened
+# the 257k-row table once per generate call (2 GB and ~0.9 s, measured). This kernel is opaque
+# to XLA, so only the rows looked up are read.
 
 @jax.custom_vjp
 def _take(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:

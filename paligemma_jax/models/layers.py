@@ -23,12 +23,10 @@ def cpu_upcast(x: jax.Array) -> jax.Array:
 
   XLA:CPU's f32 GEMM outruns its bf16 one on CPUs without bf16 FMA units (measured 1.2-1.7x on
   the prefill of the benchmark model), and bf16 -> f32 is exact: the products are the same and
-  are summed in f32 either way, so only the summation order can differ. The widening runs in
-  `cpu_matmul.widen` where it can, so that XLA does not widen whole layer stacks at once.
+  are summed in f32 either way, so only the summation order can differ.
   """
   if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-    y = cpu_matmul.widen(x)
-    return x.astype(jnp.float32) if y is None else y
+    return x.astype(jnp.float32)
   return x
 
 
