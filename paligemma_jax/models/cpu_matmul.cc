@@ -100,27 +100,22 @@ class Pool {
   int64_t generation_ = 0;
 };
 
-// Runs fn(thread, lo, hi) over [0, n) in pieces of `grain` (a multiple of it), on up to `threads`
-// pool threads (`thread` in [0, the count used), which is returned). Pieces are handed out from a
-// shared counter, so a thread slowed by another process on its core takes fewer of them instead
-// of holding everyone up.
+// Runs fn(lo, hi) over [0, n) in pieces of `grain` (a multiple of it), on up to `threads` pool
+// threads. Pieces are handed out from a shared counter, so a thread slowed by another process
+// on its core takes fewer of them instead of holding everyone up.
 template <typename Fn>
-int Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
+void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
   const int64_t chunks = (n + grain - 1) / grain;
   Pool& pool = Pool::Get();
   const int t = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({threads, chunks, pool.size()})));
-  if (t == 1) {
-    fn(0, int64_t{0}, n);
-    return 1;
-  }
+  if (t == 1) return fn(0, n);
   const int64_t pieces = std::min<int64_t>(chunks, 8 * t);
   const int64_t per = (chunks + pieces - 1) / pieces * grain;
   std::atomic<int64_t> next{0};
-  pool.Run(t, [&](int thread) {
-    for (int64_t lo; (lo = next.fetch_add(per)) < n;) fn(thread, lo, std::min(n, lo + per));
+  pool.Run(t, [&](int) {
+    for (int64_t lo; (lo = next.fetch_add(per)) < n;) fn(lo, std::min(n, lo + per));
   });
-  return t;
 }
 
 // Output columns per block. The accumulators (up to 4 x 64 KB) live in L2; wide blocks keep each
@@ -278,7 +273,7 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   const int64_t pieces = std::clamp<int64_t>(rows * F / (1 << 18), 1, 8);  // >= 512 KB each
   const int64_t per = (rows + pieces - 1) / pieces;
   std::vector<float> partial(static_cast<size_t>(pieces) * size, 0.0f);
-  Parallel(pieces, 1, static_cast<int>(threads), [&](int, int64_t p0, int64_t p1) {
+  Parallel(pieces, 1, static_cast<int>(threads), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       float* out = partial.data() + p * size;
       const int64_t lo = p * per, hi = std::min(rows, lo + per);
@@ -308,7 +303,7 @@ ffi::Error MatmulNT(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   const uint16_t* wp = w.typed_data();
   float* yp = y->typed_data();
   Parallel(F, 64, static_cast<int>(threads),
-           [&](int, int64_t lo, int64_t hi) { NTAll(xp, M, C, wp, yp, F, lo, hi); });
+           [&](int64_t lo, int64_t hi) { NTAll(xp, M, C, wp, yp, F, lo, hi); });
   return ffi::Error::Success();
 }
 
