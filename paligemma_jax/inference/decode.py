@@ -71,13 +71,13 @@ def _embed_text(model: PaliGemma, tokens_BxT: jax.Array) -> jax.Array:
 def decode_layers(params: dict, unroll: bool | None) -> list[dict] | None:
   """Per-layer params for the decode steps, or None to run the scanned layers.
 
-  Unrolled steps read each layer's weights in place; scanned steps make XLA:CPU copy every
-  layer's weights out of the stack on each step. None picks unrolled on CPU, where that copy is
-  most of a step (measured ~5x), and scanned elsewhere (compile time does not grow with depth).
-  Call it outside the decode loop: the slicing then happens once per generation. The prefill
-  uses them too: XLA:CPU runs a scan's bf16 weight slices in f32, so a scanned prefill widened
-  every layer's weights at once (2x their bytes, measured ~0.3 s per layer of the benchmark
-  model), where the unrolled one widens a layer at a time.
+  Scanned steps make XLA:CPU copy every layer's weights out of the stack on each step. None
+  picks unrolled on CPU, where that copy is most of a step (measured ~5x), and scanned elsewhere
+  (compile time does not grow with depth). On CPU the bf16 weights are `cpu_matmul.LayerSlice`s,
+  which the kernels read where they lie in the stack (plain slices taken by the decode loop were
+  copied once per call). The prefill uses them too, widening a layer's weights to f32 when the
+  layer runs: a scanned prefill widened every layer at once, and so did an unrolled one over
+  plain slices (XLA scheduled all the converts first); see `LayerSlice.widen`.
   """
   if unroll is None:
     unroll = jax.default_backend() == "cpu"

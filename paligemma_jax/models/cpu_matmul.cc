@@ -7,9 +7,13 @@
 // of an f32) and accumulate in f32. Letters: M activation rows (any; best <= 8), C contracted, F
 // output columns, L leading weight axes (batched matrices, e.g. attention heads).
 //
-//   PgMatmulNN: y[M, L, F] = x[M, C] . w[L, C, F]   (big_vision layout: contraction before output)
-//   PgMatmulNT: y[M, F]    = x[M, C] . w[F, C]^T    (the embedding used as the LM head)
-//   PgTakeRows: y[N, D]    = table[ids[N], D]       (the embedding lookup; see cpu_matmul.py)
+//   PgMatmulNN: y[M, L, F] = x[M, C] . w[layer, L, C, F]  (big_vision layout: contraction first)
+//   PgMatmulNT: y[M, F]    = x[M, C] . w[layer, F, C]^T   (the embedding used as the LM head)
+//   PgWiden:    y[...]     = f32(w[layer, ...])           (a prefill GEMM's operand, see .py)
+//   PgTakeRows: y[N, D]    = table[ids[N], D]             (the embedding lookup; see cpu_matmul.py)
+//
+// The weights may be a stack of layers (a leading axis), read in place at `layer`; a plain matrix
+// is a stack of one. A decode loop that sliced the layer out would make XLA copy it first.
 //
 // Work is split between up to `threads` threads of a persistent pool: NN over the contraction
 // (pieces of partial sums, added in a fixed order), NT over output columns.
@@ -253,16 +257,24 @@ void NTAll(const float* x, int64_t M, int64_t C, const uint16_t* w, float* y, in
   }
 }
 
+// Whether w holds whole layers of `size` elements and `layer` is one of them. The kernels take w
+// in its own shape (a plain matrix is a stack of one): reshaping a stack in the graph made XLA
+// copy it when a decode loop took it as an operand.
+bool InStack(const ffi::Buffer<ffi::BF16>& w, int64_t layer, int64_t size) {
+  const int64_t n = static_cast<int64_t>(w.element_count());
+  return size > 0 && n % size == 0 && layer >= 0 && layer < n / size;
+}
+
 ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
-                    ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+                    ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
-  auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || xd[1] != wd[1]) {
-    return ffi::Error::InvalidArgument("PgMatmulNN wants x[M, C] and w[L, C, F]");
+  auto yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 3 || !InStack(w, layer, yd[1] * xd[1] * yd[2])) {
+    return ffi::Error::InvalidArgument("PgMatmulNN wants x[M, C], w[layers, L, C, F], y[M, L, F]");
   }
-  const int64_t M = xd[0], C = xd[1], L = wd[0], F = wd[2];
+  const int64_t M = xd[0], C = xd[1], L = yd[1], F = yd[2];
   const float* xp = x.typed_data();
-  const uint16_t* wp = w.typed_data();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * L * C * F;
   float* yp = y->typed_data();
   // The contraction is split into up to 8 pieces, each streaming whole rows of w (a contiguous
   // run of memory, which the hardware prefetchers follow best) into its own partial sums of y;
@@ -292,18 +304,34 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
 }
 
 ffi::Error MatmulNT(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
-                    ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+                    ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
-  auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1]) {
-    return ffi::Error::InvalidArgument("PgMatmulNT wants x[M, C] and w[F, C]");
+  auto yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || !InStack(w, layer, yd[1] * xd[1])) {
+    return ffi::Error::InvalidArgument("PgMatmulNT wants x[M, C], w[layers, F, C], y[M, F]");
   }
-  const int64_t M = xd[0], C = xd[1], F = wd[0];
+  const int64_t M = xd[0], C = xd[1], F = yd[1];
   const float* xp = x.typed_data();
-  const uint16_t* wp = w.typed_data();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * F * C;
   float* yp = y->typed_data();
   Parallel(F, 64, static_cast<int>(threads),
            [&](int64_t lo, int64_t hi) { NTAll(xp, M, C, wp, yp, F, lo, hi); });
+  return ffi::Error::Success();
+}
+
+// y = w[layer] as f32. `after` is not read: it orders the call after its producer, so that XLA
+// widens a layer's weights when the layer runs rather than all layers' at the start.
+ffi::Error WidenLayer(ffi::Buffer<ffi::BF16> w, ffi::AnyBuffer after,
+                      ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
+  const int64_t n = static_cast<int64_t>(y->element_count());
+  if (!InStack(w, layer, n)) return ffi::Error::InvalidArgument("PgWiden wants w[layers, ...]");
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * n;
+  float* yp = y->typed_data();
+  Parallel(n, 1 << 16, static_cast<int>(threads), [&](int64_t lo, int64_t hi) {
+    int64_t i = lo;
+    for (; i + 8 <= hi; i += 8) _mm256_storeu_ps(yp + i, Widen(wp + i));
+    for (; i < hi; ++i) yp[i] = Widen1(wp[i]);
+  });
   return ffi::Error::Success();
 }
 
@@ -341,6 +369,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNN, MatmulNN,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNT, MatmulNT,
@@ -348,4 +377,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNT, MatmulNT,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgWiden, WidenLayer,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
                                   .Attr<int64_t>("threads"));

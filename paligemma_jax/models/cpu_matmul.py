@@ -10,8 +10,9 @@ maps an einsum onto them.
 `einsum(spec, x, w)` returns None whenever the kernels do not apply, and the caller runs its
 usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
 batch axes, a CPU without AVX2/FMA, no compiler, or `PALIGEMMA_JAX_CPU_KERNELS=0`. Gradients go
-through the plain einsum (custom VJP), so training code may call it too. `take_rows` is a third
-kernel, for the embedding lookup (see its section).
+through the plain einsum (custom VJP), so training code may call it too. `LayerSlice` hands the
+kernels one layer of a stacked weight to read in place, and `take_rows` is the embedding lookup
+(see their sections).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 
 MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
 _SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
-_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "take": "PgTakeRows"}
+_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden", "take": "PgTakeRows"}
 
 
 def _cpu_supported() -> bool:
@@ -91,11 +92,13 @@ def _threads() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _call(kind: str, x_MxC: jax.Array, w: jax.Array, out_shape: tuple[int, ...]) -> jax.Array:
+def _call(kind: str, x_MxC: jax.Array, w: jax.Array, layer: int, out_shape: tuple[int, ...]
+          ) -> jax.Array:
+  """Runs kernel `kind` on x and layer `layer` of w (whole layers of the matrix `out_shape` says)."""
   call = jax.ffi.ffi_call(f"paligemma_cpu_{kind}",
                           jax.ShapeDtypeStruct(out_shape, jnp.float32),
                           vmap_method="sequential")
-  return call(x_MxC.astype(jnp.float32), w, threads=_threads())
+  return call(x_MxC.astype(jnp.float32), w, layer=layer, threads=_threads())
 
 
 class _Plan:
@@ -123,13 +126,16 @@ class _Plan:
     self.f = math.prod(size[a] for a in self.trail)
     self.size = size
 
-  def run(self, x: jax.Array, w: jax.Array) -> jax.Array:
+  def run(self, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array:
+    # The kernels read w in its own shape (the output's shape says how to), and a LayerSlice's
+    # layer out of its stack: a plain matrix is a stack of one.
+    stack, layer = (w.stack, w.layer) if isinstance(w, LayerSlice) else (w, 0)
     x_MxC = jnp.transpose(x, [self.lhs.index(a) for a in self.free + self.contracted])
     x_MxC = x_MxC.reshape(self.rows, self.c)
     if self.trail:
-      y = _call("nn", x_MxC, w.reshape(self.l, self.c, self.f), (self.rows, self.l, self.f))
+      y = _call("nn", x_MxC, stack, layer, (self.rows, self.l, self.f))
     else:  # contraction is w's minor block: rows of w are contiguous dot products
-      y = _call("nt", x_MxC, w.reshape(self.l, self.c), (self.rows, self.l))
+      y = _call("nt", x_MxC, stack, layer, (self.rows, self.l))
     got = self.free + self.lead + self.trail
     y = y.reshape([self.size[a] for a in got])
     return jnp.transpose(y, [got.index(a) for a in self.out])
@@ -153,14 +159,61 @@ def _backward(spec, residuals, g):
 _kernel_einsum.defvjp(_forward, _backward)
 
 
-def einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
-  """`jnp.einsum(spec, x, w)` in float32 through the CPU kernels, or None if they do not apply."""
+def einsum(spec: str, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array | None:
+  """`jnp.einsum(spec, x, w)` in float32 through the CPU kernels, or None if they do not apply.
+
+  A `LayerSlice` is read in place (no gradient: it is for decoding).
+  """
   if w.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
     return None
   plan = _Plan(spec, x.shape, w.shape)
   if not plan.ok or plan.rows > MAX_ROWS or not available():
     return None
-  return _kernel_einsum(spec, x, w)
+  return plan.run(x, w) if isinstance(w, LayerSlice) else _kernel_einsum(spec, x, w)
+
+
+# -- one layer of a stacked weight, in place ----------------------------------------------------
+#
+# Decoding runs the layers unrolled (see `inference.decode_layers`), each over its own slice of the
+# stacked params. XLA materialises a slice that a loop takes as an operand: every layer's weights
+# were copied out of the stacks once per generate call (one more copy of the decoder, allocated and
+# written each call). A `LayerSlice` stands in for the slice in the flax params instead; the
+# kernels above read the layer where it lies, and the prefill's GEMM operand is widened from it.
+
+class LayerSlice:
+  """`stack[layer]` of a stacked bf16 weight, as a flax param leaf (shape, dtype, astype).
+
+  Not a pytree: flax checks a param's leaves against the layer's shape. Build it inside `jit`,
+  next to the modules that read it; `einsum_f32` runs it through `einsum` or `widen`.
+  """
+
+  def __init__(self, stack: jax.Array, layer: int):
+    self.stack, self.layer = stack, layer
+
+  shape = property(lambda self: tuple(self.stack.shape[1:]))
+  dtype = property(lambda self: self.stack.dtype)
+  ndim = property(lambda self: self.stack.ndim - 1)
+
+  def astype(self, dtype) -> "jax.Array | LayerSlice":
+    return self if jnp.dtype(dtype) == self.dtype else self.stack[self.layer].astype(dtype)
+
+  def widen(self, after: jax.Array) -> jax.Array:
+    """The layer as f32, computed after `after` (see below).
+
+    XLA:CPU multiplies a prefill's bf16 weights in f32 (`layers.cpu_upcast`). It schedules the
+    converts of the unrolled layers' weights all at the start, so every layer's f32 copy was alive
+    at once (2x the decoder's bytes of temporaries, faulted in anew each call); this kernel takes
+    the layer's input as an operand, so each copy is made when its layer runs.
+    """
+    call = jax.ffi.ffi_call("paligemma_cpu_widen", jax.ShapeDtypeStruct(self.shape, jnp.float32),
+                            vmap_method="sequential")
+    return call(self.stack, after, layer=self.layer, threads=_threads())
+
+
+def reads_in_place(stack: jax.Array) -> bool:
+  """Whether the CPU kernels can take layers of `stack` as `LayerSlice`s (bf16 matrices)."""
+  return (stack.dtype == jnp.bfloat16 and stack.ndim >= 3 and jax.default_backend() == "cpu"
+          and available())
 
 
 # -- the embedding lookup ---------------------------------------------------------------------

@@ -42,11 +42,14 @@ def einsum_f32(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
 
   On CPU, bf16 products with at most `cpu_matmul.MAX_ROWS` activation rows (decode steps) run
   through `cpu_matmul`'s bandwidth-bound kernels when they are available, and the others
-  through XLA's f32 GEMM (`cpu_upcast`). Other backends run the plain einsum.
+  through XLA's f32 GEMM (`cpu_upcast`). Other backends run the plain einsum. `w` may be a
+  `cpu_matmul.LayerSlice` (one layer of a stack, from `unstack_layers` on CPU).
   """
   y = cpu_matmul.einsum(spec, x, w)
   if y is not None:
     return y
+  if isinstance(w, cpu_matmul.LayerSlice):  # a decode prefill's layer: widened in place, in turn
+    w = w.widen(after=x)
   return jnp.einsum(spec, cpu_upcast(x), cpu_upcast(w), preferred_element_type=jnp.float32)
 
 

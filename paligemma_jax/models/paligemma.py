@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paligemma_jax.models import cpu_matmul
 from paligemma_jax.models.config import PaliGemmaConfig
 from paligemma_jax.models.gemma import Gemma
 from paligemma_jax.models.kv_cache import KVCache
@@ -107,10 +108,17 @@ class PaliGemma(nn.Module):
 
 
 def unstack_layers(params: dict) -> list[dict]:
-  """The decoder's stacked layer params as one dict per layer (for `PaliGemma.decode_unrolled`)."""
+  """The decoder's stacked layer params as one dict per layer (for `PaliGemma.decode_unrolled`).
+
+  Where the CPU kernels can read a weight in place (bf16 on CPU), its layers are
+  `cpu_matmul.LayerSlice`s rather than copies; build them inside the jitted function.
+  """
   stacked = params["params"]["llm"]["layers"]
   depth = jax.tree.leaves(stacked)[0].shape[0]
-  return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(depth)]
+
+  def layer(a: jax.Array, i: int):
+    return cpu_matmul.LayerSlice(a, i) if cpu_matmul.reads_in_place(a) else a[i]
+  return [jax.tree.map(lambda a, i=i: layer(a, i), stacked) for i in range(depth)]
 
 
 def attention_masks(config: PaliGemmaConfig, input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array
