@@ -401,7 +401,8 @@ def test_single_row_einsum_equals_plain_einsum(shape):
 
 @pytest.mark.parametrize("name", ["pg1", "pg2_window"])
 def test_unrolled_decode_steps_equal_scanned_ones(name):
-  """Prefill and decode steps over per-layer params (the CPU default) are the scanned math."""
+  """Prefill (image encoder included) and decode steps over per-layer params (the CPU default)
+  are the scanned math."""
   from paligemma_jax.inference import decode_tokens
   config = F.CONFIGS[name]
   params = F.random_params(config)
@@ -416,3 +417,16 @@ def test_unrolled_decode_steps_equal_scanned_ones(name):
   scanned, unrolled = run(False), run(True)
   np.testing.assert_array_equal(np.asarray(scanned.tokens), np.asarray(unrolled.tokens))
   np.testing.assert_allclose(np.asarray(scanned.logits), np.asarray(unrolled.logits), atol=1e-5)
+
+
+def test_unrolled_image_encoder_equals_scanned_one():
+  from paligemma_jax.models import unstack_layers
+  config = F.PG2
+  params = F.random_params(config)
+  r = config.vision.image_size
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 1, r, r, 3)).astype(np.float32)
+  model = PaliGemma(config)
+  encode = jax.jit(lambda p, unroll: model.apply(
+      p, images, unstack_layers(p, "vision") if unroll else None,
+      method=PaliGemma.encode_images), static_argnums=1)
+  np.testing.assert_allclose(encode(params, True), encode(params, False), rtol=1e-6, atol=1e-6)

@@ -43,12 +43,14 @@ def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.A
   """Runs the prompt through the model into a cache of S + N slots.
 
   Returns the float32 logits [B, V] that predict the first new token, and the state. `layers`
-  (from `decode_layers`) runs the decoder layers unrolled over per-layer params.
+  (from `decode_layers`) runs the decoder layers unrolled over per-layer params, and then the
+  image encoder's layers too (on CPU its stacks would otherwise be widened to f32 all at once).
   """
   config = model.config
   b, s = tokens_BxS.shape
+  vision_layers = None if layers is None else unstack_layers(params, "vision")
   image_tokens = None if images is None else model.apply(
-      params, images, method=PaliGemma.encode_images)
+      params, images, vision_layers, method=PaliGemma.encode_images)
   x_BxSxD = model.apply(params, tokens_BxS, image_tokens, method=PaliGemma.embed_inputs)
   positions_BxS = default_positions(input_mask_BxS, config.position_offset)
   mask_BxSxS, sliding = attention_masks(config, input_mask_BxS, mask_ar_BxS)

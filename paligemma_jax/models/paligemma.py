@@ -38,11 +38,16 @@ class PaliGemma(nn.Module):
                             dt, pdt)
     self.llm = Gemma(cfg.text, dt, pdt, cfg.remat)
 
-  def encode_images(self, images_BxIxRxRx3: jax.Array) -> jax.Array:
-    """Images [B, I, R, R, 3] in [-1, 1] -> projected image tokens [B, I*M, D] (not scaled)."""
+  def encode_images(self, images_BxIxRxRx3: jax.Array, layers: Sequence[dict] | None = None
+                    ) -> jax.Array:
+    """Images [B, I, R, R, 3] in [-1, 1] -> projected image tokens [B, I*M, D] (not scaled).
+
+    `layers` (from `unstack_layers(params, "vision")`) runs the encoder's blocks unrolled.
+    """
     _check_images_rank(images_BxIxRxRx3)
     b, i = images_BxIxRxRx3.shape[:2]
-    feats_BIxMxW = self.vision(images_BxIxRxRx3.reshape(b * i, *images_BxIxRxRx3.shape[2:]))
+    feats_BIxMxW = self.vision(images_BxIxRxRx3.reshape(b * i, *images_BxIxRxRx3.shape[2:]),
+                               layers)
     tokens_BIxMxD = self.projector("BMW,WD->BMD", feats_BIxMxW)
     return tokens_BIxMxD.reshape(b, i * tokens_BIxMxD.shape[1], tokens_BIxMxD.shape[2])
 
@@ -107,13 +112,14 @@ class PaliGemma(nn.Module):
     return self.logits(h_BxTxD), cache
 
 
-def unstack_layers(params: dict) -> list[dict]:
-  """The decoder's stacked layer params as one dict per layer (for `PaliGemma.decode_unrolled`).
+def unstack_layers(params: dict, tower: str = "llm") -> list[dict]:
+  """A tower's stacked layer params as one dict per layer: the decoder's ("llm", for
+  `PaliGemma.decode_unrolled`) or the image encoder's ("vision", for `encode_images`).
 
   Where the CPU kernels can read a weight in place (bf16 on CPU), its layers are
   `cpu_matmul.LayerSlice`s rather than copies; build them inside the jitted function.
   """
-  stacked = params["params"]["llm"]["layers"]
+  stacked = params["params"][tower]["layers"]
   depth = jax.tree.leaves(stacked)[0].shape[0]
 
   def layer(a: jax.Array, i: int):

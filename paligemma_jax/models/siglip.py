@@ -12,6 +12,8 @@ Parameters (scanned layers carry a leading "layers" axis of size depth):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -85,7 +87,10 @@ class SigLIP(nn.Module):
   remat: str = "none"
 
   @nn.compact
-  def __call__(self, images_BxRxRx3: jax.Array) -> jax.Array:
+  def __call__(self, images_BxRxRx3: jax.Array, layers: Sequence[dict] | None = None
+               ) -> jax.Array:
+    """`layers` (per-layer params from `unstack_layers(params, "vision")`) runs the blocks
+    unrolled over them instead of scanning the stacked ones: the same math."""
     cfg, dt, pdt = self.config, self.dtype, self.param_dtype
     r, p, g, w = cfg.image_size, cfg.patch_size, cfg.grid_size, cfg.width
     if images_BxRxRx3.ndim != 4 or images_BxRxRx3.shape[1:] != (r, r, 3):
@@ -105,7 +110,12 @@ class SigLIP(nn.Module):
         (g * g, w), pdt)
     x_BxMxW = (x_BxMxW + pos_embed.astype(dt)).astype(dt)
 
-    layers = scan_layers(SigLIPBlock, cfg.depth, self.remat, in_axes=(), name="layers",
-                         config=cfg, dtype=dt, param_dtype=pdt)
-    x_BxMxW, _ = layers(x_BxMxW)
+    if layers is None:
+      scanned = scan_layers(SigLIPBlock, cfg.depth, self.remat, in_axes=(), name="layers",
+                            config=cfg, dtype=dt, param_dtype=pdt)
+      x_BxMxW, _ = scanned(x_BxMxW)
+    else:
+      block = SigLIPBlock(cfg, dt, pdt, parent=None)  # applied functionally
+      for layer in layers:
+        x_BxMxW, _ = block.apply({"params": layer}, x_BxMxW)
     return layer_norm(cfg.layer_norm_eps, "vit_embed", dt, pdt, "final_norm")(x_BxMxW)
