@@ -42,9 +42,25 @@ def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.A
             layers: list[dict] | None = None) -> tuple[jax.Array, DecodeState]:
   """Runs the prompt through the model into a cache of S + N slots.
 
-  Returns the float32 logits [B, V] that predict the first new token, and the state. `layers`
-  (from `decode_layers`) runs the decoder layers unrolled over per-layer params, and then the
-  image encoder's layers too (on CPU its stacks would otherwise be widened to f32 all at once).
+  Returns the float32 logits [B, V] that predict the first new token, and the state. `layers`:
+  see `prompt_hidden`.
+  """
+  h_BxSxD, state = prompt_hidden(model, params, tokens_BxS, images, input_mask_BxS, mask_ar_BxS,
+                                 max_new_tokens, layers)
+  # Only the last prompt position's logits are needed (prompts are left-padded).
+  logits_Bx1xV = model.apply(params, h_BxSxD[:, -1:], method=PaliGemma.logits)
+  return logits_Bx1xV[:, 0], state
+
+
+def prompt_hidden(model: PaliGemma, params: dict, tokens_BxS: jax.Array,
+                  images: jax.Array | None, input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array,
+                  max_new_tokens: int, layers: list[dict] | None = None
+                  ) -> tuple[jax.Array, DecodeState]:
+  """The final hidden states [B, S, D] of a prompt, and the decode state of its cache.
+
+  `layers` (from `decode_layers`) runs the decoder layers unrolled over per-layer params, and
+  then the image encoder's layers too (on CPU its stacks would otherwise be widened to f32 all
+  at once).
   """
   config = model.config
   b, s = tokens_BxS.shape
@@ -58,10 +74,8 @@ def prefill(model: PaliGemma, params: dict, tokens_BxS: jax.Array, images: jax.A
   cache = KVCache.zeros(config.text, b, s + max_new_tokens, config.compute_dtype)
   h_BxSxD, cache = model.apply(params, x_BxSxD, positions_BxS, future(mask_BxSxS),
                                future(sliding), cache, layers, method=PaliGemma.decode_hidden)
-  # Only the last prompt position's logits are needed (prompts are left-padded).
-  logits_Bx1xV = model.apply(params, h_BxSxD[:, -1:], method=PaliGemma.logits)
   keys_BxC = jnp.pad(input_mask_BxS.astype(bool), ((0, 0), (0, max_new_tokens)))
-  return logits_Bx1xV[:, 0], DecodeState(cache, keys_BxC, positions_BxS[:, -1])
+  return h_BxSxD, DecodeState(cache, keys_BxC, positions_BxS[:, -1])
 
 
 def _embed_text(model: PaliGemma, tokens_BxT: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paligemma_jax.inference.decode import decode_layers, prompt_hidden
 from paligemma_jax.models import PaliGemma, PaliGemmaConfig, check_image_tokens
 
 IGNORE_LABEL = -100  # HF's label of unscored positions
@@ -34,8 +35,19 @@ class Scores(NamedTuple):
 def score_tokens(params: dict, tokens_BxS: jax.Array, images: jax.Array | None,
                  input_mask_BxS: jax.Array, mask_ar_BxS: jax.Array, targets_BxS: jax.Array,
                  scored_BxS: jax.Array, *, config: PaliGemmaConfig) -> Scores:
-  """Log-probs of `targets[:, t]` (the next token after t - 1) where `scored[:, t]`."""
-  logits_BxSxV = PaliGemma(config).apply(params, tokens_BxS, images, input_mask_BxS, mask_ar_BxS)
+  """Log-probs of `targets[:, t]` (the next token after t - 1) where `scored[:, t]`.
+
+  On CPU the forward pass is decoding's prefill, over the layers unrolled (`decode_layers`):
+  the scanned one widens every bf16 layer stack to f32 at once on XLA:CPU.
+  """
+  model = PaliGemma(config)
+  layers = decode_layers(params, None)
+  if layers is None:
+    logits_BxSxV = model.apply(params, tokens_BxS, images, input_mask_BxS, mask_ar_BxS)
+  else:
+    h_BxSxD, _ = prompt_hidden(model, params, tokens_BxS, images, input_mask_BxS, mask_ar_BxS,
+                               0, layers)
+    logits_BxSxV = model.apply(params, h_BxSxD, method=PaliGemma.logits)
   # Position t - 1 predicts token t; the first token has no prediction and is never scored.
   # log_softmax read at the target only: no second [B, S, V] array (V is 257k in real models).
   logits_BxTxV = logits_BxSxV[:, :-1]  # T = S - 1
