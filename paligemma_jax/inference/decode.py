@@ -64,9 +64,10 @@ def prompt_hidden(model: PaliGemma, params: dict, tokens_BxS: jax.Array,
   """
   config = model.config
   b, s = tokens_BxS.shape
-  vision_layers = None if layers is None else unstack_layers(params, "vision")
-  image_tokens = None if images is None else model.apply(
-      params, images, vision_layers, method=PaliGemma.encode_images)
+  image_tokens = None
+  if images is not None:
+    vision_layers = None if layers is None else unstack_layers(params, "vision")
+    image_tokens = model.apply(params, images, vision_layers, method=PaliGemma.encode_images)
   x_BxSxD = model.apply(params, tokens_BxS, image_tokens, method=PaliGemma.embed_inputs)
   positions_BxS = default_positions(input_mask_BxS, config.position_offset)
   mask_BxSxS, sliding = attention_masks(config, input_mask_BxS, mask_ar_BxS)

@@ -198,7 +198,7 @@ class LayerSlice:
     return self if jnp.dtype(dtype) == self.dtype else self.stack[self.layer].astype(dtype)
 
   def widen(self, after: jax.Array) -> jax.Array:
-    """The layer as f32, computed after `after` (see below).
+    """The layer as f32, computed after `after` is.
 
     XLA:CPU multiplies a prefill's bf16 weights in f32 (`layers.cpu_upcast`). It schedules the
     converts of the unrolled layers' weights all at the start, so every layer's f32 copy was alive
