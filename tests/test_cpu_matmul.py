@@ -125,7 +125,7 @@ def test_bf16_decode_widens_no_whole_array():
   assert f"f32[{table[0]},{table[1]}]" not in program
 
 
-@pytest.mark.parametrize("spec,x_shape,w_shape", [CASES[0], CASES[1], CASES[3], CASES[4]])
+@pytest.mark.parametrize("spec,x_shape,w_shape", [CASES[0], CASES[1], CASES[3], CASES[4], CASES[6]])
 def test_layer_slice_reads_its_layer_in_place(spec, x_shape, w_shape):
   x, stack = _rand(0, x_shape), _rand(1, (3, *w_shape))
   for layer in range(3):

@@ -257,9 +257,9 @@ void NTAll(const float* x, int64_t M, int64_t C, const uint16_t* w, float* y, in
   }
 }
 
-// Whether w holds whole layers of `size` elements and `layer` is one of them. The kernels take w
-// in its own shape (a plain matrix is a stack of one): reshaping a stack in the graph made XLA
-// copy it when a decode loop took it as an operand.
+// Whether w holds whole layers of `size` elements and `layer` is one of them. w comes in its own
+// shape (the output's shape says how to read it): reshaping a stack in the graph made XLA copy it
+// when a decode loop took it as an operand.
 bool InStack(const ffi::Buffer<ffi::BF16>& w, int64_t layer, int64_t size) {
   const int64_t n = static_cast<int64_t>(w.element_count());
   return size > 0 && n % size == 0 && layer >= 0 && layer < n / size;
