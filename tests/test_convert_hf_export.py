@@ -4,6 +4,7 @@ keys, with a complete config, and give the source model's logits (f32, within 1e
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,13 +103,19 @@ def test_verify_reports_and_catches_a_corrupted_destination(tmp_path):
   src = CF.hf_folder(str(tmp_path / "hf"), O.PG1)
   lines = []
   summary = convert(src, tmp_path / "bv.npz", verify=True, progress=False, log=lines.append)
-  assert summary.verify.max_abs_diff == 0.0  # the same weights through our model
+  # The same weights through our model, but not the same program: an npz lacks HF's 64 padding
+  # rows, so the two sides compile with different vocabularies and may sum floats in a different
+  # order on some CPUs (AVX-512 gives 9.5e-7). A few ulps, 1e-6 of the logit scale at most.
+  clean = summary.verify.max_abs_diff
+  assert clean <= summary.verify.tolerance / 100
   assert summary.verify.hf_max_abs_diff <= summary.verify.tolerance
   assert sum("verify: max |dlogit|" in line for line in lines) == 2
 
   arrays = CF.npz_arrays(str(tmp_path / "bv.npz"))
   arrays["params/img/head/bias"] = arrays["params/img/head/bias"] + 1.0
   np.savez(tmp_path / "bv.npz", **arrays)
-  with pytest.raises(VerificationError, match="verification failed: max"):
+  with pytest.raises(VerificationError, match="verification failed: max") as caught:
     verify_conversion(src, "hf", str(tmp_path / "bv.npz"), "npz", variant=None, dtype=None,
                       open_source=open_source, log=lambda _: None)
+  corrupted = float(re.search(r"max \|dlogit\| (\S+) >", str(caught.value)).group(1))
+  assert corrupted > 100 * max(clean, summary.verify.tolerance / 100)  # far past float noise
