@@ -74,8 +74,8 @@ def test_decode_stops_at_eos_and_drops_specials(standin_tokenizer: Tokenizer):
   assert tok.decode(ids) == "cow beach"
   assert tok.decode(np.asarray(ids, np.int32)) == "cow beach"
   assert tok.decode([]) == ""
-  with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
-    tok.decode(cow + [tok.vocab_size + 5])
+  # Ids with no piece (HF checkpoints' padding rows past <image>, a negative id) decode to nothing.
+  assert tok.decode(cow + [tok.vocab_size + 5, -1] + beach) == "cow beach"
   with pytest.raises(ValueError, match="1-D"):
     tok.decode(np.zeros((2, 3), np.int32))
 
@@ -97,6 +97,14 @@ def test_matches_hf_gemma_tokenizer(standin_tokenizer: Tokenizer, hf_tokenizer):
     assert standin_tokenizer.decode(standin_tokenizer.encode(text)) == text, repr(text)
   for string in LOC_TOKENS[::97] + SEG_TOKENS[::13]:
     assert hf_tokenizer(string, add_special_tokens=False)["input_ids"] == standin_tokenizer.encode(string)
+
+
+def test_unknown_ids_decode_to_nothing_as_in_hf(standin_tokenizer: Tokenizer, hf_tokenizer):
+  tok = standin_tokenizer
+  cow, beach = tok.encode("cow"), tok.encode(" beach")
+  past = [tok.vocab_size, tok.vocab_size + 63]  # an HF checkpoint's padding rows past <image>
+  want = hf_tokenizer.decode(cow + past + beach, skip_special_tokens=True)
+  assert tok.decode(cow + past + beach) == want == "cow beach"
 
 
 def test_missing_and_unreadable_files(tmp_path: pathlib.Path):

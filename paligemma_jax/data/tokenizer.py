@@ -125,7 +125,12 @@ class Tokenizer:
     return ids
 
   def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-    """Text of a 1-D id sequence: stops at the first eos and drops pad, bos and `<image>` ids."""
+    """Text of a 1-D id sequence: stops at the first eos and drops pad, bos and `<image>` ids.
+
+    Ids the tokenizer has no piece for (negative, or >= its vocabulary, such as the 64 padding
+    rows HF checkpoints have past `<image>`, which a model can still emit) decode to nothing, as
+    in HF's tokenizer; the caller keeps the ids themselves.
+    """
     flat = np.asarray(ids)
     if flat.ndim != 1:
       raise ValueError(f"decode expects a 1-D id sequence, got shape {flat.shape}; decode rows one by one")
@@ -134,12 +139,13 @@ class Tokenizer:
     for i in flat.tolist():
       if i == self.eos_id:
         break
-      if i in skip:
-        continue
-      if not 0 <= i < self.sp_vocab_size:
-        raise ValueError(f"token id {i} is outside the tokenizer's vocabulary [0, {self.sp_vocab_size})")
-      kept.append(i)
+      if i not in skip and self.knows(i):
+        kept.append(i)
     return self._sp.DecodeIds(kept)
+
+  def knows(self, token_id: int) -> bool:
+    """Whether `token_id` is a piece of the model or the appended `<image>` id."""
+    return 0 <= token_id < self.sp_vocab_size or token_id == self.image_token_id
 
   def id_to_piece(self, token_id: int) -> str:
     """The SentencePiece piece string of `token_id` (`<image>` for the appended image id)."""

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import jax
 
 from paligemma_jax import sharding
+from paligemma_jax.data import Tokenizer
 from paligemma_jax.inference.batch_infer import (check_output, load_image, predict_rows,
                                                  run_jsonl, tfds_job)
 from paligemma_jax.inference.beam import BeamSearch
@@ -32,8 +33,16 @@ def decoding_options(sampler: str, temperature: float, top_k: int, top_p: float,
   return {"sampler": GREEDY}
 
 
-def describe(result: Result) -> str:
+def describe(result: Result, tokenizer: Tokenizer) -> str:
+  """The text, a note on ids the tokenizer has no piece for (they decode to nothing), and one
+  line per detected object."""
   lines = [result.text]
+  unknown = [t for t in result.tokens if not tokenizer.knows(t)]
+  if unknown:
+    shown = ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
+    lines.append(f"  ({len(unknown)} of {len(result.tokens)} generated ids have no piece in the "
+                 f"tokenizer [0, {tokenizer.vocab_size}) and decode to nothing: {shown}; "
+                 "--json lists every id)")
   for o in result.objects or []:
     mask = "" if o.mask is None else f", mask {int(o.mask.sum())} px"
     lines.append(f"  {o.label or '(no label)'}: box y0={o.box[0]} x0={o.box[1]} "
@@ -65,7 +74,7 @@ def main(*, checkpoint: str, tokenizer: str, images: Sequence[str], prompt: str 
   [result] = pipe([row], [prompt], max_new_tokens=max_new_tokens, **options)
   if overlay:
     save_overlay(loaded[0], result.objects or [], overlay)
-  out = json.dumps(result.to_json()) if as_json else describe(result)
+  out = json.dumps(result.to_json()) if as_json else describe(result, pipe.tokenizer)
   if show_mask:
     out = attention_mask_text(pipe.processor, pipe.config, prompt) + "\n\n" + out
   return out
