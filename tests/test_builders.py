@@ -71,7 +71,7 @@ def _vqa_annotations(questions: list[dict]) -> dict:
   return {"annotations": [
       {"question_id": q["question_id"], "image_id": q["image_id"], "question_type": "what color",
        "answer_type": "other", "multiple_choice_answer": "red",
-       "answers": [{"answer": f"red{i}", "answer_confidence": "yes", "answer_id": i + 1}
+       "answers": [{"answer": f"red{i}", "raw_answer": f"Red{i}", "answer_confidence": "yes", "answer_id": i + 1}
                    for i in range(10)]} for q in questions]}
 
 
@@ -122,6 +122,7 @@ def test_okvqa(tmp_path):
   assert {k: len(v) for k, v in splits.items()} == {"train": 2, "validation": 2}
   ex = splits["validation"][1]
   assert ex["question_id"] == 41 and ex["image_id"] == 4 and len(ex["answers"]) == 10
+  assert decode(ex["raw_answers"]) == [f"Red{i}" for i in range(10)]
   assert_image(ex)
 
 
@@ -319,6 +320,17 @@ def test_missing_image_mid_build_leaves_no_half_built_dataset(tmp_path):
   assert os.listdir(tmp_path / "tfds") == []
 
 
+def test_vqav2_test_questions_without_their_image_are_skipped_and_counted(tmp_path, caplog):
+  raw = tmp_path / "raw"
+  write_vqav2(raw)
+  questions = [{"image_id": 7, "question": "kept?", "question_id": 1},
+               {"image_id": 404, "question": "no image?", "question_id": 2}]
+  write_json(raw / "v2_OpenEnded_mscoco_test2015_questions.json", {"questions": questions})
+  splits = build_and_read("vqav2", raw, tmp_path)
+  assert [ex["question"] for ex in splits["test"]] == [b"kept?"]
+  assert "skipped 1 questions whose image is missing (first: test2015/COCO_test2015_000000000404.jpg" in caplog.text
+
+
 def test_existing_build_needs_overwrite(tmp_path):
   raw = tmp_path / "raw"
   write_vqav2(raw)
@@ -350,3 +362,25 @@ def test_command_line_missing_file(tmp_path):
       capture_output=True, text=True, env=env, timeout=120)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == f"error: tallyqa: expected train.json in {tmp_path}"
+
+
+def test_grain_reads_a_built_split_without_tensorflow(tmp_path):
+  pytest.importorskip("grain")
+  raw = tmp_path / "raw"
+  write_vqav2(raw)
+  build_dataset("vqav2", raw, tmp_path / "tfds")
+  script = f"""
+import sys
+import grain
+import tensorflow_datasets as tfds
+source = tfds.data_source("vqav2", split="train", data_dir={str(tmp_path / "tfds")!r})
+batches = list(grain.MapDataset.source(source).shuffle(seed=0)
+               .map(lambda ex: {{"image": ex["image"], "question_id": ex["question_id"]}}).batch(3))
+assert len(batches) == 1 and sorted(batches[0]["question_id"]) == [700, 701, 702], batches
+assert batches[0]["image"].shape == (3, {H}, {W}, 3), batches[0]["image"].shape
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+print("ok")
+"""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -1,7 +1,7 @@
 """nocaps: novel-object captioning on Open Images, 10 captions per validation image.
 
 Raw folder (https://nocaps.org/download; the Open Images v4 validation and test tarballs
-unpacked, which gives `validation/` and `test/`):
+unpacked, which gives `validation/` and `test/`; `val/` is read where `validation/` is absent):
 
     nocaps_val_4500_captions.json    validation/{file_name}
     nocaps_test_image_info.json      test/{file_name}
@@ -32,9 +32,9 @@ class NoCaps(RawFilesBuilder):
   name = "nocaps"
   HOMEPAGE = "https://nocaps.org/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  # split -> (annotation file, image folder)
-  _SPLITS = {"validation": ("nocaps_val_4500_captions.json", "validation"),
-             "test": ("nocaps_test_image_info.json", "test")}
+  # split -> (annotation file, image folder candidates)
+  _SPLITS = {"validation": ("nocaps_val_4500_captions.json", ("validation", "val")),
+             "test": ("nocaps_test_image_info.json", ("test",))}
 
   def features(self) -> dict[str, Any]:
     return {
@@ -50,17 +50,19 @@ class NoCaps(RawFilesBuilder):
     return tuple(self._SPLITS)
 
   def required_files(self, raw_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
-    return [raw_path(raw_dir, self._SPLITS[split][0])]
+    """[annotation file, image folder]."""
+    annotations, folders = self._SPLITS[split]
+    return [raw_path(raw_dir, annotations), raw_path(raw_dir, *folders)]
 
   def examples(self, raw_dir: pathlib.Path, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    info = load_json(self.required_files(raw_dir, split)[0])
+    annotations, folder = self.required_files(raw_dir, split)
+    info = load_json(annotations)
     captions = collections.defaultdict(list)
     for a in info.get("annotations", []):
       captions[a["image_id"]].append({"id": a["id"], "text": a["caption"]})
-    folder = self._SPLITS[split][1]
     for image in info["images"]:
       yield image["id"], {
-          "image": image_bytes(raw_dir / folder / image["file_name"], raw_dir),
+          "image": image_bytes(folder / image["file_name"], raw_dir),
           "image/id": image["id"],
           "image/filename": image["file_name"],
           "image/open_images_id": text(image.get("open_images_id")),

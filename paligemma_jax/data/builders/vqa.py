@@ -16,12 +16,16 @@ Raw folder for `okvqa` (https://okvqa.allenai.org/download.html):
 
 Questions files hold `questions: [{image_id, question, question_id}]`; annotation files hold
 `annotations: [{question_id, image_id, answers: [{answer, answer_confidence, answer_id}] (10),
-multiple_choice_answer, answer_type, question_type}]`. Test splits have no annotation file: their
-`answers` are empty and the answer fields "".
+multiple_choice_answer, answer_type, question_type}]` (OK-VQA's answers add `raw_answer`, kept as
+`raw_answers`). Test splits have no annotation file: their `answers` are empty and the answer
+fields "". A few VQAv2 test questions name an image that test2015/ lacks (big_vision saw this
+too): those questions are skipped and counted in a warning; a missing image elsewhere stops the
+build.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -29,11 +33,12 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, text, texts)
+from paligemma_jax.data.builders.raw_files import (MissingRawFile, RawFilesBuilder, image_bytes, image_feature,
+                                                   load_json, raw_path, text, texts)
 
 
 def vqa_features() -> dict[str, Any]:
+  """The features VQAv2 and OK-VQA share."""
   return {
       "image": image_feature("jpeg"),
       "image_id": np.int64,
@@ -49,9 +54,10 @@ def vqa_features() -> dict[str, Any]:
 
 
 def vqa_examples(raw_dir: pathlib.Path, questions_file: pathlib.Path,
-                 annotations_file: pathlib.Path | None,
-                 image_folder: str) -> Iterator[tuple[int, dict[str, Any]]]:
+                 annotations_file: pathlib.Path | None, image_folder: str,
+                 skip_missing_images: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
   """Examples of one VQA-format split; `image_folder` is "train2014", "val2014" or "test2015"."""
+  skipped = []
   annotations: Mapping[int, Mapping[str, Any]] = {}
   if annotations_file is not None:
     annotations = {a["question_id"]: a for a in load_json(annotations_file)["annotations"]}
@@ -61,8 +67,15 @@ def vqa_examples(raw_dir: pathlib.Path, questions_file: pathlib.Path,
                        f"in {annotations_file.name}")
     a = annotations.get(q["question_id"], {})
     filename = f"{image_folder}/COCO_{image_folder}_{q['image_id']:012d}.jpg"
+    try:
+      image = image_bytes(raw_dir / filename, raw_dir)
+    except MissingRawFile:
+      if not skip_missing_images:
+        raise
+      skipped.append(filename)
+      continue
     yield q["question_id"], {
-        "image": image_bytes(raw_dir / filename, raw_dir),
+        "image": image,
         "image_id": q["image_id"],
         "image_filename": filename,
         "question_id": q["question_id"],
@@ -73,6 +86,9 @@ def vqa_examples(raw_dir: pathlib.Path, questions_file: pathlib.Path,
         "answer_type": text(a.get("answer_type")),
         "question_type": text(a.get("question_type")),
     }
+  if skipped:
+    logging.warning("%s: skipped %d questions whose image is missing (first: %s in %s)",
+                    questions_file.name, len(skipped), skipped[0], raw_dir)
 
 
 class Vqav2(RawFilesBuilder):
@@ -92,16 +108,17 @@ class Vqav2(RawFilesBuilder):
     return tuple(self._SPLITS)
 
   def required_files(self, raw_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
-    stem = self._SPLITS[split][0]
+    stem, folder = self._SPLITS[split]
     files = [raw_path(raw_dir, f"v2_OpenEnded_mscoco_{stem}_questions.json")]
     if not stem.startswith("test"):
       files.append(raw_path(raw_dir, f"v2_mscoco_{stem}_annotations.json"))
+    raw_path(raw_dir, folder)  # The image folder, checked before anything is written.
     return files
 
   def examples(self, raw_dir: pathlib.Path, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
     files = self.required_files(raw_dir, split)
     return vqa_examples(raw_dir, files[0], files[1] if len(files) > 1 else None,
-                        self._SPLITS[split][1])
+                        self._SPLITS[split][1], skip_missing_images=split.startswith("test"))
 
 
 class OkVqa(RawFilesBuilder):
@@ -113,16 +130,21 @@ class OkVqa(RawFilesBuilder):
   _SPLITS = {"train": "train2014", "validation": "val2014"}
 
   def features(self) -> dict[str, Any]:
-    return vqa_features()
+    return {**vqa_features(), "raw_answers": tfds.features.Sequence(tfds.features.Text())}
 
   def splits(self) -> tuple[str, ...]:
     return tuple(self._SPLITS)
 
   def required_files(self, raw_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
     stem = self._SPLITS[split]
-    return [raw_path(raw_dir, f"OpenEnded_mscoco_{stem}_questions.json"),
-            raw_path(raw_dir, f"mscoco_{stem}_annotations.json")]
+    files = [raw_path(raw_dir, f"OpenEnded_mscoco_{stem}_questions.json"),
+             raw_path(raw_dir, f"mscoco_{stem}_annotations.json")]
+    raw_path(raw_dir, stem)  # The image folder.
+    return files
 
   def examples(self, raw_dir: pathlib.Path, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    questions, annotations = self.required_files(raw_dir, split)
-    return vqa_examples(raw_dir, questions, annotations, self._SPLITS[split])
+    questions, annotations_file = self.required_files(raw_dir, split)
+    raw_answers = {a["question_id"]: texts(x.get("raw_answer") for x in a["answers"])
+                   for a in load_json(annotations_file)["annotations"]}
+    for key, example in vqa_examples(raw_dir, questions, annotations_file, self._SPLITS[split]):
+      yield key, {**example, "raw_answers": raw_answers[key]}
