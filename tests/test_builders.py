@@ -320,6 +320,18 @@ def test_missing_image_mid_build_leaves_no_half_built_dataset(tmp_path):
   assert os.listdir(tmp_path / "tfds") == []
 
 
+def test_unreadable_image_or_json_is_one_line_and_writes_nothing(tmp_path):
+  raw = tmp_path / "raw"
+  write_vqav2(raw)
+  (raw / "val2014" / "COCO_val2014_000000000007.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(BuildError, match=r"^vqav2: image val2014/COCO_val2014_000000000007.jpg in .* is not an image"):
+    build_dataset("vqav2", raw, tmp_path / "tfds")
+  (raw / "v2_mscoco_train2014_annotations.json").write_text('{"annotations": [')
+  with pytest.raises(BuildError, match=r"^vqav2: .*v2_mscoco_train2014_annotations.json is not valid JSON"):
+    build_dataset("vqav2", raw, tmp_path / "tfds")
+  assert os.listdir(tmp_path / "tfds") == []
+
+
 def test_vqav2_test_questions_without_their_image_are_skipped_and_counted(tmp_path, caplog):
   raw = tmp_path / "raw"
   write_vqav2(raw)

@@ -24,7 +24,7 @@ import tempfile
 
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders import BUILDERS, MissingRawFile
+from paligemma_jax.data.builders import BUILDERS, BadRawFile, MissingRawFile
 
 
 class BuildError(ValueError):
@@ -72,7 +72,7 @@ def build_dataset(dataset: str, raw_dir: os.PathLike | str, data_dir: os.PathLik
       builder.check_raw_files(raw_dir)
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(raw_dir)))
-    except MissingRawFile as e:
+    except (MissingRawFile, BadRawFile) as e:
       raise BuildError(f"{dataset}: {e}") from None
     if final.exists():
       shutil.rmtree(final)

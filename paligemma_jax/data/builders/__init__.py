@@ -15,7 +15,7 @@ from paligemma_jax.data.builders.chartqa import ChartQa
 from paligemma_jax.data.builders.docvqa import DocVqa
 from paligemma_jax.data.builders.gqa import Gqa
 from paligemma_jax.data.builders.nocaps import NoCaps
-from paligemma_jax.data.builders.raw_files import MissingRawFile, RawFilesBuilder
+from paligemma_jax.data.builders.raw_files import BadRawFile, MissingRawFile, RawFilesBuilder
 from paligemma_jax.data.builders.science_qa import ScienceQa
 from paligemma_jax.data.builders.tallyqa import TallyQa
 from paligemma_jax.data.builders.textvqa import TextVqa
@@ -27,5 +27,5 @@ BUILDERS: dict[str, type[RawFilesBuilder]] = {
                               NoCaps)
 }
 
-__all__ = ["Ai2d", "BUILDERS", "ChartQa", "DocVqa", "Gqa", "MissingRawFile", "NoCaps", "OkVqa",
+__all__ = ["Ai2d", "BUILDERS", "BadRawFile", "ChartQa", "DocVqa", "Gqa", "MissingRawFile", "NoCaps", "OkVqa",
            "RawFilesBuilder", "ScienceQa", "TallyQa", "TextVqa", "Vqav2"]

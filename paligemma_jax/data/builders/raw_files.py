@@ -3,12 +3,13 @@
 Each builder reads a folder of downloaded raw files (TFDS's `manual_dir`) laid out as the
 dataset's authors release it. A file that is not where the release puts it stops the build with
 one line naming the file and the folder (`MissingRawFile`), before anything is written when the
-builder lists it in `required_files`, or at the first example that needs it otherwise.
+builder lists it in `required_files`, or at the first example that needs it otherwise. A JSON file
+that does not parse or an image PIL cannot open stops it the same way (`BadRawFile`).
 
 Images are stored as the released JPEG/PNG bytes, so Grain can decode them without TensorFlow.
-The one exception: an image whose mode neither RGB nor grayscale (palette, RGBA, CMYK, ...) is
+The one exception: an image whose mode is neither RGB nor grayscale (palette, RGBA, CMYK, ...) is
 converted to RGB and stored as PNG, because TFDS's NumPy decoder would otherwise hand back 1 or 4
-channels from a 3-channel feature.
+channels from a 3-channel feature (transparent pixels become white).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class MissingRawFile(FileNotFoundError):
   """A file the release has is not in the raw folder; str() is the one-line message."""
 
 
+class BadRawFile(ValueError):
+  """A raw file that cannot be read (JSON that does not parse, an unreadable image)."""
+
+
 def raw_path(raw_dir: os.PathLike | str, *candidates: str) -> pathlib.Path:
   """The first of `candidates` (paths relative to `raw_dir`) that exists.
 
@@ -52,7 +57,10 @@ def raw_path(raw_dir: os.PathLike | str, *candidates: str) -> pathlib.Path:
 
 def load_json(path: pathlib.Path) -> Any:
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise BadRawFile(f"{path} is not valid JSON ({e})") from None
 
 
 def image_bytes(path: pathlib.Path, raw_dir: os.PathLike | str) -> bytes:
@@ -62,7 +70,12 @@ def image_bytes(path: pathlib.Path, raw_dir: os.PathLike | str) -> bytes:
   except FileNotFoundError:
     rel = os.path.relpath(path, raw_dir)
     raise MissingRawFile(f"expected image {rel} in {raw_dir}") from None
-  with PIL.Image.open(io.BytesIO(data)) as image:  # Reads the header only.
+  try:
+    image = PIL.Image.open(io.BytesIO(data))  # Reads the header only.
+  except PIL.UnidentifiedImageError:
+    raise BadRawFile(f"image {os.path.relpath(path, raw_dir)} in {raw_dir} is not an image PIL "
+                     "can read") from None
+  with image:
     if image.mode in _KEPT_MODES:
       return data
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
