@@ -24,8 +24,8 @@ H, W = 6, 8  # Every fake image is W x H.
 
 def write_image(path: pathlib.Path, fmt: str = "JPEG", mode: str = "RGB", color=(200, 30, 10)) -> bytes:
   path.parent.mkdir(parents=True, exist_ok=True)
-  if mode in ("L", "P"):
-    color = 7
+  if mode in ("L", "P", "1"):
+    color = 1 if mode == "1" else 7
   elif len(color) != len(mode):
     color = (*color, 128)
   PIL.Image.new(mode, (W, H), color).save(path, fmt)
@@ -144,7 +144,7 @@ def test_textvqa(tmp_path):
   assert_image(splits["test"][0])
 
 
-def test_docvqa_keeps_every_answer_and_gives_grayscale_and_palette_pngs_three_channels(tmp_path):
+def test_docvqa_keeps_every_answer_and_gives_grayscale_bilevel_and_palette_pngs_three_channels(tmp_path):
   raw = tmp_path / "raw"
   for folder, qt in [("train", "_withQT"), ("val", "_withQT"), ("test", "")]:
     rows = [{"questionId": 50 + i, "question": f"what date {i}?", "image": f"documents/d{folder}{i}.png",
@@ -153,7 +153,7 @@ def test_docvqa_keeps_every_answer_and_gives_grayscale_and_palette_pngs_three_ch
             for i in range(2)]
     write_json(raw / folder / f"{folder}_v1.0{qt}.json", {"dataset_split": folder, "data": rows})
     for i, row in enumerate(rows):
-      write_image(raw / folder / row["image"], "PNG", mode=("L", "P")[i])
+      write_image(raw / folder / row["image"], "PNG", mode=("L", "P", "1")[i % 3 if folder == "test" else 2])
   splits = build_and_read("docvqa", raw, tmp_path)
   assert {k: len(v) for k, v in splits.items()} == {"train": 2, "validation": 2, "test": 2}
   ex = splits["train"][0]
@@ -163,6 +163,7 @@ def test_docvqa_keeps_every_answer_and_gives_grayscale_and_palette_pngs_three_ch
     assert_image(ex)
     assert len(ex["answers"]) == 0
   assert (splits["test"][0]["image"] == 7).all()  # Grayscale is repeated over three channels.
+  assert (splits["train"][0]["image"] == 255).all()  # Bilevel white is 255, not 1.
 
 
 def test_gqa_balanced(tmp_path):

@@ -7,9 +7,10 @@ builder lists it in `required_files`, or at the first example that needs it othe
 that does not parse or an image PIL cannot open stops it the same way (`BadRawFile`).
 
 Images are stored as the released JPEG/PNG bytes, so Grain can decode them without TensorFlow.
-The one exception: an image whose mode is neither RGB nor grayscale (palette, RGBA, CMYK, ...) is
-converted to RGB and stored as PNG, because TFDS's NumPy decoder would otherwise hand back 1 or 4
-channels from a 3-channel feature (transparent pixels become white).
+The one exception: an image whose mode is neither RGB nor 8-bit grayscale (palette, RGBA, CMYK,
+bilevel, ...) is converted to RGB (bilevel: grayscale) and stored as PNG, because TFDS's NumPy
+decoder would otherwise hand back 1 or 4 channels, or 0/1 values, from a 3-channel uint8 feature
+(transparent pixels become white).
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def image_bytes(path: pathlib.Path, raw_dir: os.PathLike | str) -> bytes:
       image = image.convert("RGBA")
       background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
       image = PIL.Image.alpha_composite(background, image)  # Transparent = white, as shown.
+    # Bilevel scans stay one channel (TFDS would decode mode "1" as 0/1, not 0/255).
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG")
+    image.convert("L" if image.mode == "1" else "RGB").save(out, format="PNG")
   return out.getvalue()
 
 
