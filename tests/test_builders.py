@@ -166,14 +166,17 @@ def test_docvqa_keeps_every_answer_and_gives_grayscale_bilevel_and_palette_pngs_
   assert (splits["train"][0]["image"] == 255).all()  # Bilevel white is 255, not 1.
 
 
+def _gqa_questions(prefix: str, n: int, balanced: bool = True) -> dict:
+  return {f"0{prefix}{i}": {"imageId": f"n{i % 2}", "question": "is it red?", "answer": "no",
+                            "fullAnswer": "No, it is blue.", "isBalanced": balanced,
+                            "types": {"structural": "verify", "semantic": "attr", "detailed": "verifyAttr"},
+                            "groups": {"global": None, "local": "10c-red"}} for i in range(n)}
+
+
 def test_gqa_balanced(tmp_path):
   raw = tmp_path / "raw"
   for split in ("train", "val", "testdev"):
-    questions = {f"0{split}{i}": {"imageId": f"n{i}", "question": "is it red?", "answer": "no",
-                                  "fullAnswer": "No, it is blue.", "isBalanced": True,
-                                  "types": {"structural": "verify", "semantic": "attr", "detailed": "verifyAttr"},
-                                  "groups": {"global": None, "local": "10c-red"}} for i in range(2)}
-    write_json(raw / "questions1.2" / f"{split}_balanced_questions.json", questions)
+    write_json(raw / "questions1.2" / f"{split}_balanced_questions.json", _gqa_questions(split, 2))
   for i in range(2):
     write_image(raw / "images" / f"n{i}.jpg")
   splits = build_and_read("gqa", raw, tmp_path, config="balanced")
@@ -183,6 +186,20 @@ def test_gqa_balanced(tmp_path):
   assert ex["full_answer"] == b"No, it is blue." and ex["is_balanced"]
   assert ex["types"]["detailed"] == b"verifyAttr" and ex["groups"]["global"] == b""
   assert_image(ex)
+
+
+def test_gqa_all_reads_the_ten_train_files(tmp_path):
+  raw = tmp_path / "raw"
+  for k in range(2):  # The release has train_all_questions_0.json ... _9.json.
+    write_json(raw / "train_all_questions" / f"train_all_questions_{k}.json", _gqa_questions(f"t{k}-", 3, False))
+  for split in ("val", "testdev"):
+    write_json(raw / f"{split}_all_questions.json", _gqa_questions(split, 4, False))
+  for i in range(2):
+    write_image(raw / "images" / f"n{i}.jpg")
+  splits = build_and_read("gqa", raw, tmp_path, config="all")
+  assert {k: len(v) for k, v in splits.items()} == {"train_all": 6, "val_all": 4, "testdev_all": 4}
+  assert {ex["question_id"] for ex in splits["train_all"]} >= {b"0t0-0", b"0t1-2"}
+  assert not splits["train_all"][0]["is_balanced"]
 
 
 @pytest.mark.parametrize("config", ["human", "augmented"])
