@@ -244,6 +244,20 @@ def test_refexp_segment_bigvision_transfer_target_with_injected_encoder():
                                                 (f"{LOCS[0]}{SEGS} left man",))
 
 
+def test_refexp_training_draws_one_object_then_one_sentence():
+  encoder, drawn = FakeEncoder(), set()
+  task = make_task("refexp_segment", {"encode_mask": encoder, "keyword": ""})
+  for seed in range(20):
+    [row] = task.rows(REFCOCO, 0, rng=np.random.default_rng(seed))
+    drawn.add((row.id, row.prefix, row.references[0][:36]))
+  assert drawn == {(11, "left man", LOCS[0]), (12, "man in red", LOCS[0]), (21, "dog", LOCS[1])}
+  assert len(encoder.calls) == 20  # only the drawn object's mask is encoded
+  silent = {**REFCOCO, "objects": {**REFCOCO["objects"], "refexp": {
+      "raw": [texts(), texts()], "refexp_id": [np.array([]), np.array([])]}}}
+  [row] = rows_or_error(make_task("refexp_detect"), silent, 3, rng=np.random.default_rng(0))
+  assert row.error == "example 3: no object has a referring sentence" and row.id == 50
+
+
 def test_refexp_segment_without_encoder_has_no_reference_and_can_keep_masks():
   plain = make_task("refexp_segment")
   assert all(r.references == () for r in plain.rows(REFCOCO, 0))

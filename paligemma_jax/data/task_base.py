@@ -66,9 +66,12 @@ class Task(Protocol):
 
   def rows(self, example: Mapping[str, Any], index: int, *,
            rng: np.random.Generator | None = None) -> list[Row]:
-    """The rows of one decoded example; `index` is its position in the split. `rng` (training)
-    randomises what the references cannot express (ScienceQA's choice order); None = the
-    dataset's order, for evaluation."""
+    """The rows of one decoded example; `index` is its position in the split.
+
+    `rng` (training) draws what references cannot express, as big_vision's training pp does:
+    ScienceQA's option order, one (object, sentence) row of a referring-expression example.
+    None (evaluation) = every row, in the dataset's order. The suffix itself is drawn by the
+    caller from `Row.references`."""
 
 
 def rows_or_error(task: Task, example: Mapping[str, Any], index: int, *,

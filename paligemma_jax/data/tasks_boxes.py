@@ -112,9 +112,10 @@ class ReferringDetection:
   """`detect {sentence}`, one row per referring sentence (TFDS ref_coco's layout by default).
 
   The reference is the box as `<loc>` x 4 followed by the sentence (the detection output
-  format); every row also carries `box_yxyx`, the normalised ground-truth box. A training
-  pipeline that follows big_vision draws one object and one of its sentences per example per
-  epoch (`choice_no_replacement`, then `choice`): one of these rows, not all.
+  format); every row also carries `box_yxyx`, the normalised ground-truth box. With `rng`
+  (training) the example gives one row: one object, then one of its sentences, uniformly, as
+  big_vision's refcoco_seg training pp (`choice_no_replacement` over objects, then `choice`);
+  only that object's mask is encoded.
   """
 
   image_key: str = "image"
@@ -138,11 +139,20 @@ class ReferringDetection:
   def prompt(self, sentence: str) -> str:
     return f"detect {sentence}"
 
+  @staticmethod
+  def draw(sentences: list[tuple[str, ...]], rng: np.random.Generator) -> list[int]:
+    """Training: one object that has a sentence, uniformly (then one of its sentences)."""
+    described = [j for j, texts in enumerate(sentences) if texts]
+    if not described:
+      raise ValueError("no object has a referring sentence")
+    return [described[int(rng.integers(len(described)))]]
+
   def target(self, box: np.ndarray, sentence: str, codes: str) -> str:
     return f"{loc_tokens(box)} {sentence}"
 
   def object_codes(self, example: Mapping[str, Any], j: int, box: np.ndarray) -> str | None:
-    """The `<seg>` string of object j ("" when the task makes none); raises on bad data."""
+    """The `<seg>` string of object j ("" = the target has none; None = no target can be
+    made); raises on bad data."""
     return ""
 
   def object_fields(self, example: Mapping[str, Any], j: int, box: np.ndarray
@@ -161,19 +171,26 @@ class ReferringDetection:
       raise ValueError(f"{len(boxes)} boxes, {len(sentences)} sentence lists and {len(ids)} id "
                        f"lists: {self.boxes_key}, {self.sentences_key} and {self.ids_key} "
                        "must have one entry per object")
+    sentences = [as_texts(texts) for texts in sentences]
+    ids = [[as_id(i) for i in text_ids] for text_ids in ids]
+    chosen = range(len(boxes)) if rng is None else self.draw(sentences, rng)
     rows = []
-    for j, (box, texts, text_ids) in enumerate(zip(boxes, sentences, ids)):
-      texts, text_ids = as_texts(texts), [as_id(i) for i in text_ids]
+    for j in chosen:
+      texts, text_ids = sentences[j], ids[j]
       try:  # a bad object (mask, box) fails only its own rows
-        codes, fields = self.object_codes(example, j, box), self.object_fields(example, j, box)
+        if len(texts) != len(text_ids):
+          raise ValueError(f"{len(texts)} sentences but {len(text_ids)} ids")
+        codes = self.object_codes(example, j, boxes[j])
+        fields = self.object_fields(example, j, boxes[j])
       except (ValueError, KeyError, TypeError, IndexError) as e:
         rows += [Row(i, None, error=f"example {index} object {j}: {error_message(e)}")
                  for i in text_ids]
         continue
-      for text, text_id in zip(texts, text_ids):
-        text = text.strip()
-        refs = () if codes is None else (self.target(box, text, codes),)
-        rows.append(Row(text_id, self.prompt(text), images, refs, fields))
+      ks = range(len(texts)) if rng is None else [int(rng.integers(len(texts)))]
+      for k in ks:
+        text = texts[k].strip()
+        refs = () if codes is None else (self.target(boxes[j], text, codes),)
+        rows.append(Row(text_ids[k], self.prompt(text), images, refs, fields))
     return rows
 
 
