@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
+import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -65,20 +67,33 @@ def _tfds() -> tuple[Any, Any]:
   return tf, tfds
 
 
-def open_builder(source: TfdsSource) -> Any:
-  """The prepared TFDS builder of `source`; one-line errors for unknown or unbuilt datasets."""
+def open_builder(source: TfdsSource, config_path: str = "infer.data") -> Any:
+  """The prepared TFDS builder of `source`; one-line errors for unknown or unbuilt datasets
+  (naming what `data_dir` holds, and the `config_path` settings to fix)."""
   _, tfds = _tfds()
   where = f" in data_dir {source.data_dir}" if source.data_dir else ""
   try:
     builder = tfds.builder(source.name, data_dir=source.data_dir or None)
   except ValueError as e:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ValueError(f"TFDS dataset {source.name!r} not found{where} ({first}); fix "
-                     "infer.data.name or infer.data.data_dir") from None
+    raise ValueError(f"TFDS dataset {source.name!r} not found{where} ({first}){_built_here(source)}; "
+                     f"fix {config_path}.name or {config_path}.data_dir") from None
   if not builder.is_prepared():
-    raise ValueError(f"TFDS dataset {source.name!r} is not built in {builder.data_dir}; build it "
-                     f"first (tfds build {source.name} --data_dir=...): nothing is downloaded here")
+    raise ValueError(f"TFDS dataset {source.name!r} is not built in {builder.data_dir}"
+                     f"{_built_here(source)}; build it first (tfds build {source.name} "
+                     "--data_dir=...): nothing is downloaded here")
   return builder
+
+
+def _built_here(source: TfdsSource) -> str:
+  """ "; data_dir holds: a, b/c, ..." listing the built datasets (and configs) of the data_dir."""
+  root = pathlib.Path(source.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+  root = root.expanduser()
+  if not root.is_dir():
+    return f"; data_dir {root} does not exist"
+  built = sorted(str(info.parent.parent.relative_to(root))
+                 for info in root.glob("*/**/dataset_info.json"))
+  return f"; data_dir {root} holds {', '.join(built) or 'no built dataset'}"
 
 
 def process_split(builder: Any, split: str, process_index: int = 0, process_count: int = 1
@@ -112,7 +127,7 @@ def feature_tree(features: Any) -> dict[str, Any]:
   return tree
 
 
-def _skip_image_decoding(features: Any) -> dict[str, Any]:
+def skip_image_decoding(features: Any) -> dict[str, Any]:
   """Decoders that leave every Image feature (and sequence of images) encoded."""
   _, tfds = _tfds()
   decoders = {}
@@ -120,12 +135,12 @@ def _skip_image_decoding(features: Any) -> dict[str, Any]:
     inner = feature.feature if isinstance(feature, tfds.features.Sequence) else feature
     if isinstance(inner, tfds.features.Image):
       decoders[key] = tfds.decode.SkipDecoding()
-    elif isinstance(inner, tfds.features.FeaturesDict) and (sub := _skip_image_decoding(inner)):
+    elif isinstance(inner, tfds.features.FeaturesDict) and (sub := skip_image_decoding(inner)):
       decoders[key] = sub
   return decoders
 
 
-def _check_image_fields(builder: Any, tree: dict[str, Any], task: Task) -> None:
+def check_image_fields(builder: Any, tree: dict[str, Any], task: Task) -> None:
   _, tfds = _tfds()
   for key in task.image_fields():
     feature = lookup(tree, key)
@@ -162,7 +177,7 @@ def _to_numpy(value: Any) -> Any:
   return value
 
 
-def _with_decoded_images(example: dict[str, Any], keys: tuple[str, ...], decoder: str
+def with_decoded_images(example: dict[str, Any], keys: tuple[str, ...], decoder: str
                          ) -> dict[str, Any]:
   out = dict(example)
   for key in keys:
@@ -206,10 +221,10 @@ def tfds_rows(source: TfdsSource, task: Task, *, process_index: int = 0,
   builder = open_builder(source)
   tree = feature_tree(builder.info.features)
   check_fields(task, task_name(task), tree, builder.name)
-  _check_image_fields(builder, tree, task)
+  check_image_fields(builder, tree, task)
   split, offset, _ = process_split(builder, source.split, process_index, process_count)
   dataset = builder.as_dataset(split=split, shuffle_files=False,
-                               decoders=_skip_image_decoding(builder.info.features),
+                               decoders=skip_image_decoding(builder.info.features),
                                read_config=tfds.ReadConfig(interleave_cycle_length=1))
   options = tf.data.Options()
   options.deterministic = True
@@ -222,7 +237,7 @@ def _rows(examples: Iterator[dict[str, Any]], task: Task, offset: int, decoder: 
     index = offset + i
     example = _to_numpy(example)
     try:
-      rows = task.rows(_with_decoded_images(example, task.image_fields(), decoder), index)
+      rows = task.rows(with_decoded_images(example, task.image_fields(), decoder), index)
     except (ValueError, KeyError, TypeError) as e:
       yield Row(_example_id(task, example, index), None, error=f"example {index}: {_message(e)}")
       continue

@@ -1,0 +1,277 @@
+"""The training input on Grain: members -> mixed index stream -> examples -> fixed-shape batches.
+
+    input = TrainInput(config, processor, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+    batch = next(input)       # host-local NumPy arrays, batch_size / process_count rows
+    state = input.get_state() # a small dict; TrainInput(...).set_state(state) resumes exactly
+
+Steps (every one a pure function of the seed and the step number, see mixture.py):
+  1. each member's split, this process's share `[p::P]`, shuffled afresh each epoch, repeated;
+  2. members interleaved by weight (`MixtureMap`);
+  3. per example (`Preparation`, run by Grain's reader threads): read it, decode its images,
+     turn it into rows with its task, draw ONE row and ONE reference as the suffix from
+     (seed, member, epoch, index) as big_vision's `choice` op does, then the `Processor` at
+     `n_images * num_image_tokens + text_len` tokens with right padding (big_vision's training
+     layout); a longer row is cut at its end (its eos is lost, as in big_vision) and counted;
+  4. skipped examples (bad data) dropped and counted, see `Skipping`; then batching.
+
+Bad data never raises mid-epoch: an example that cannot be read, decoded or tokenized becomes a
+counted skip with its reason; more than `max_skipped` skips stop the run with one line
+(`DataLimitError`). `stats()` gives the counts for the trainer's metrics, `summary()` one line.
+
+Batches (per process, B = batch_size / process_count, L = n_images * N + text_len):
+  images float32 [B, n_images, S, S, 3] in [-1, 1]; tokens int32 [B, L]; input_mask bool [B, L];
+  token_type_ids, mask_ar, mask_loss, labels int32 [B, L] (as `Processor` returns them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from paligemma_jax.data.input_config import InputConfig, MemberConfig
+from paligemma_jax.data.mixture import Element, mixed_stream, normalise_weights
+from paligemma_jax.data.processor import Processor
+from paligemma_jax.data.sources import OpenedSource, open_jsonl, open_tfds
+from paligemma_jax.data.tasks import Task, make_task
+from paligemma_jax.data.tfds_input import with_decoded_images
+
+NOTES_KEPT = 5  # distinct skip reasons kept for the summary
+
+
+class DataLimitError(RuntimeError):
+  """More examples were skipped for bad data than `max_skipped` allows (a one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """An opened member: its settings, examples and task."""
+
+  config: MemberConfig
+  source: OpenedSource
+  task: Task
+
+
+def open_member(config: MemberConfig, position: int = 0) -> Member:
+  """Opens a member's source and task; one-line errors name the setting to fix."""
+  where = f"input.members[{position}]"
+  name, options = config.task_spec()
+  try:
+    task = make_task(name, options)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+  if config.jsonl:
+    source = open_jsonl(config.jsonl, config.image_dir)
+  else:
+    source = open_tfds(config.name, config.config, config.split, config.data_dir, task, where)
+  return Member(config, source, task)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """An example that was dropped, and why."""
+
+  member: int
+  note: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Preparation:
+  """`Element` -> one training example (dict of arrays, see the module docstring) or a `Skip`."""
+
+  members: tuple[Member, ...]
+  processor: Processor
+  text_len: int
+  num_images: int
+  seed: int
+
+  @property
+  def max_length(self) -> int:
+    return self.num_images * self.processor.num_image_tokens + self.text_len
+
+  def __call__(self, element: Element) -> dict[str, Any] | Skip:
+    m, index, epoch = element
+    member = self.members[m]
+    try:
+      return self._prepare(member, m, index, epoch)
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+      reason = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else _first_line(e)
+      return Skip(m, f"{member.config.label} example {index}: {reason}")
+
+  def _prepare(self, member: Member, m: int, index: int, epoch: int) -> dict[str, Any] | Skip:
+    example = member.source.examples[index]
+    decoder = member.config.image_decoder
+    example = with_decoded_images(example, member.task.image_fields(), decoder)
+    rows = member.task.rows(example, index)
+    rng = np.random.default_rng([self.seed, m, epoch, index])
+    if not rows:
+      return Skip(m, f"{member.config.label} example {index}: the task made no row")
+    row = rows[int(rng.integers(len(rows)))]
+    if row.error or not row.references:
+      why = row.error or "no reference to train on"
+      return Skip(m, f"{member.config.label} example {index}: {why}")
+    if len(row.images) != self.num_images:
+      return Skip(m, f"{member.config.label} example {index}: {len(row.images)} images, "
+                     f"input.num_images is {self.num_images}")
+    suffix = row.references[int(rng.integers(len(row.references)))]
+    return self.encode(list(row.images), row.prefix or "", suffix) | {"_member": m}
+
+  def encode(self, images: list[Any], prefix: str, suffix: str) -> dict[str, Any]:
+    """The processor's arrays for one row (batch axis dropped), plus `_truncated`."""
+    processor = self.processor
+    length = len(processor.prefix_ids(prefix, len(images))) + len(processor.suffix_ids(suffix))
+    out = processor([images], [prefix], [suffix], padding_side="right",
+                    max_length=self.max_length)
+    return {k: v[0] for k, v in out.items()} | {"_truncated": length > self.max_length}
+
+
+class Skipping(grain.IterDataset):
+  """Drops `Skip`s; each kept example carries the skips met just before it (`_skipped`, int64
+  [M] per member, and `_note`, the last reason) so the main process can count them wherever this
+  stage runs. More than `max_skipped` skips in a row raise `DataLimitError` here."""
+
+  def __init__(self, parent: grain.IterDataset, num_members: int, max_skipped: int) -> None:
+    super().__init__(parent)
+    self.num_members = num_members
+    self.max_skipped = max_skipped
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _SkippingIterator(self._parent.__iter__(), self.num_members, self.max_skipped)
+
+
+class _SkippingIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, num_members: int, max_skipped: int) -> None:
+    super().__init__(parent)
+    self.num_members = num_members
+    self.max_skipped = max_skipped
+
+  def __next__(self) -> dict[str, Any]:
+    skipped = np.zeros(self.num_members, np.int64)
+    note = ""
+    while True:
+      value = next(self._parent)
+      if not isinstance(value, Skip):
+        return value | {"_skipped": skipped, "_note": note}
+      skipped[value.member] += 1
+      note = value.note
+      if skipped.sum() > self.max_skipped:
+        raise DataLimitError(f"input stopped: {skipped.sum()} examples in a row were skipped "
+                             f"(input.max_skipped={self.max_skipped}); last: {note}")
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+
+class TrainInput:
+  """Host-local training batches; see the module docstring.
+
+  Attributes:
+    members: the opened members, in config order.
+    weights: their normalised weights.
+    examples_per_epoch: sum of the members' split sizes (all processes): the epoch of a mixture.
+    local_batch_size: rows per batch on this process.
+  """
+
+  def __init__(self, config: InputConfig, processor: Processor, *, process_index: int = 0,
+               process_count: int = 1) -> None:
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    if config.batch_size % process_count:
+      raise ValueError(f"input.batch_size {config.batch_size} does not divide by the "
+                       f"{process_count} processes; use a multiple of {process_count}")
+    self.config = config
+    self.members = tuple(open_member(m, i) for i, m in enumerate(config.members))
+    labels = [m.config.label for m in self.members]
+    self.weights = normalise_weights([m.weight for m in config.members], labels)
+    self.examples_per_epoch = sum(len(m.source) for m in self.members)
+    self.local_batch_size = config.batch_size // process_count
+    self.preparation = Preparation(self.members, processor, config.text_len, config.num_images,
+                                   config.seed)
+    stream, self.mixture = mixed_stream(
+        [len(m.source) for m in self.members], self.weights, config.seed, config.shuffle,
+        process_index, process_count, config.mixture_block)
+    read = grain.ReadOptions(num_threads=config.read_threads,
+                             prefetch_buffer_size=config.prefetch_buffer)
+    ds = stream.map(self.preparation).to_iter_dataset(read)
+    ds = Skipping(ds, len(self.members), config.max_skipped)
+    ds = ds.batch(self.local_batch_size, drop_remainder=True)
+    if config.worker_processes:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_processes))
+    self._iterator = iter(ds)
+    self._counts = _zero_counts(len(self.members))
+
+  def __iter__(self) -> TrainInput:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    counts = self._counts
+    counts["drawn"] += np.bincount(batch.pop("_member"), minlength=len(self.members))
+    truncated = batch.pop("_truncated")
+    counts["truncated_total"] += int(truncated.sum())
+    counts["skipped"] += batch.pop("_skipped").sum(axis=0)
+    for note in batch.pop("_note"):
+      if note and len(counts["notes"]) < NOTES_KEPT and note not in counts["notes"]:
+        counts["notes"].append(str(note))
+    if counts["skipped"].sum() > self.config.max_skipped:
+      raise DataLimitError(f"input stopped: {self.summary()}; fix the data or raise "
+                           "input.max_skipped")
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """A small JSON-able dict: Grain's reader position plus the counters."""
+    c = self._counts
+    return {"grain": self._iterator.get_state(), "drawn": c["drawn"].tolist(),
+            "skipped": c["skipped"].tolist(), "truncated": c["truncated_total"],
+            "notes": list(c["notes"])}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continues from `get_state()`'s dict: the next batches are those the saved run would have
+    produced next."""
+    if len(state["drawn"]) != len(self.members):
+      raise ValueError(f"input state has {len(state['drawn'])} members, the input has "
+                       f"{len(self.members)}; resume with the same input.members")
+    self._iterator.set_state(state["grain"])
+    self._counts = _zero_counts(len(self.members))
+    self._counts["drawn"] += np.asarray(state["drawn"], np.int64)
+    self._counts["skipped"] += np.asarray(state["skipped"], np.int64)
+    self._counts["truncated_total"] = int(state["truncated"])
+    self._counts["notes"] = list(state["notes"])
+
+  def stats(self) -> dict[str, float]:
+    """Flat metrics: examples drawn and skipped per member (since the run began), truncated."""
+    out: dict[str, float] = {"input/truncated": float(self._counts["truncated_total"])}
+    for member, drawn, skipped in zip(self.members, self._counts["drawn"],
+                                      self._counts["skipped"]):
+      out[f"input/drawn/{member.config.label}"] = float(drawn)
+      out[f"input/skipped/{member.config.label}"] = float(skipped)
+    return out
+
+  def summary(self) -> str:
+    """One line: skipped and truncated counts, per member, with the first reasons."""
+    c = self._counts
+    drawn = int(c["drawn"].sum())
+    per_member = ", ".join(f"{m.config.label} {int(n)}" for m, n in zip(self.members,
+                                                                         c["skipped"]) if n)
+    line = (f"{int(c['skipped'].sum())} examples skipped for bad data ({per_member or 'none'}) "
+            f"of {drawn + int(c['skipped'].sum())} read (input.max_skipped="
+            f"{self.config.max_skipped}); {c['truncated_total']} rows cut at text_len="
+            f"{self.config.text_len}")
+    return line + (f"; reasons: {' | '.join(c['notes'])}" if c["notes"] else "")
+
+
+def _zero_counts(num_members: int) -> dict[str, Any]:
+  return {"drawn": np.zeros(num_members, np.int64), "skipped": np.zeros(num_members, np.int64),
+          "truncated_total": 0, "notes": []}
+
+
+def _first_line(e: BaseException) -> str:
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
