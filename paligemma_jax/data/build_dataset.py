@@ -35,7 +35,8 @@ def builder_class(dataset: str) -> type:
   try:
     return BUILDERS[dataset]
   except KeyError:
-    raise BuildError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(BUILDERS))}") from None
+    raise BuildError(f"unknown dataset {dataset!r}; choose one of "
+                     f"{', '.join(sorted(BUILDERS))}") from None
 
 
 def _config_name(cls: type, config: str | None) -> str | None:

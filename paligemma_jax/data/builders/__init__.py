@@ -27,5 +27,5 @@ BUILDERS: dict[str, type[RawFilesBuilder]] = {
                               NoCaps)
 }
 
-__all__ = ["Ai2d", "BUILDERS", "BadRawFile", "ChartQa", "DocVqa", "Gqa", "MissingRawFile", "NoCaps", "OkVqa",
-           "RawFilesBuilder", "ScienceQa", "TallyQa", "TextVqa", "Vqav2"]
+__all__ = ["Ai2d", "BUILDERS", "BadRawFile", "ChartQa", "DocVqa", "Gqa", "MissingRawFile", "NoCaps",
+           "OkVqa", "RawFilesBuilder", "ScienceQa", "TallyQa", "TextVqa", "Vqav2"]

@@ -29,8 +29,8 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, texts)
+from paligemma_jax.data.builders.raw_files import (
+    RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, texts)
 
 
 @functools.cache

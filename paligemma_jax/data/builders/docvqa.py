@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, text, texts)
+from paligemma_jax.data.builders.raw_files import (
+    RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, text, texts)
 
 
 class DocVqa(RawFilesBuilder):
@@ -52,7 +52,8 @@ class DocVqa(RawFilesBuilder):
 
   def required_files(self, raw_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
     folder = self._SPLITS[split]
-    return [raw_path(raw_dir, f"{folder}/{folder}_v1.0_withQT.json", f"{folder}/{folder}_v1.0.json")]
+    return [raw_path(raw_dir, f"{folder}/{folder}_v1.0_withQT.json",
+                     f"{folder}/{folder}_v1.0.json")]
 
   def examples(self, raw_dir: pathlib.Path, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
     annotations = self.required_files(raw_dir, split)[0]

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (MissingRawFile, RawFilesBuilder, image_bytes, image_feature,
-                                                   load_json, raw_path, text)
+from paligemma_jax.data.builders.raw_files import (
+    MissingRawFile, RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, text)
 
 _QUESTIONS_FOLDER = "questions1.2"
 

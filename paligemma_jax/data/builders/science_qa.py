@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, text, texts)
+from paligemma_jax.data.builders.raw_files import (
+    RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, text, texts)
 
-_TEXT_FIELDS = ("hint", "lecture", "solution", "task", "grade", "subject", "topic", "category", "skill")
+_TEXT_FIELDS = ("hint", "lecture", "solution", "task", "grade", "subject", "topic", "category",
+                "skill")
 
 
 class ScienceQa(RawFilesBuilder):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, text)
+from paligemma_jax.data.builders.raw_files import (
+    RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, text)
 
 
 class TallyQa(RawFilesBuilder):

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (RawFilesBuilder, image_bytes, image_feature, load_json,
-                                                   raw_path, texts)
+from paligemma_jax.data.builders.raw_files import (
+    RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, texts)
 
 
 class TextVqa(RawFilesBuilder):

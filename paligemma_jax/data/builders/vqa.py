@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from paligemma_jax.data.builders.raw_files import (MissingRawFile, RawFilesBuilder, image_bytes, image_feature,
-                                                   load_json, raw_path, text, texts)
+from paligemma_jax.data.builders.raw_files import (
+    MissingRawFile, RawFilesBuilder, image_bytes, image_feature, load_json, raw_path, text, texts)
 
 
 def vqa_features() -> dict[str, Any]:
