@@ -43,6 +43,8 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str]) -> None:
+  from paligemma_jax.quiet_startup import quiet_startup
+  quiet_startup()
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; every option is a --flag", 2)
   if not FLAGS.src or not FLAGS.dst:

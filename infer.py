@@ -75,6 +75,8 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  from paligemma_jax.quiet_startup import quiet_startup
+  quiet_startup()
   try:
     if FLAGS.config is not None:
       print(_run_config())

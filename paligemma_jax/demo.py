@@ -20,6 +20,7 @@ from paligemma_jax.api import make_processor
 from paligemma_jax.data import Tokenizer, train_standin_tokenizer
 from paligemma_jax.inference import generate
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig, init_params, param_count
+from paligemma_jax.quiet_startup import quiet_startup
 
 DEMO_IMAGE_SIZE = 112
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--prompt", action="append", help="prompt(s); default: two VQA prompts")
   parser.add_argument("--max-new-tokens", type=int, default=8)
   args = parser.parse_args(argv)
+  quiet_startup()
   prompts = args.prompt or ["caption en", "answer en what colour is the disc?"]
 
   with tempfile.TemporaryDirectory() as tmp:

@@ -119,7 +119,7 @@ def test_infer_py_prints_a_note_and_exits_zero(hf_checkpoint, standin_tokenizer_
        str(standin_tokenizer_path), "--image", str(image_path), "--prompt", "caption en",
        "--max_new_tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
-  assert "error" not in run.stderr
+  assert "error" not in run.stderr and "Unable to initialize backend" not in run.stderr
   note = run.stdout.strip().splitlines()[-1]
   assert note.startswith("(4 of 4 generated ids have no piece in the tokenizer"), run.stdout
 
