@@ -1,0 +1,99 @@
+"""Evaluation input: every row of a split with ALL its references, and fixed-shape prompt batches.
+
+    rows = eval_rows(MemberConfig(name="coco_captions", split="val"), process_index=p,
+                     process_count=P)
+    for batch in eval_batches(rows, processor, batch_size=64, text_len=32):
+      batch["tokens"], batch["valid"], batch["references"]
+
+- Rows come in stored order over this process's share of the split (examples p, p + P, ...),
+  read and decoded by Grain's threads; a task may make several rows per example (refexp).
+- An example that cannot be read or decoded becomes one `Row` with `error` set, as in
+  `tfds_input.tfds_rows`; `eval_batches` leaves such rows out of the batches and lists their
+  errors in the next batch's "errors", so the evaluator can count them.
+- Batches hold prompts only (no suffix), padded on the left (`padding_side`) to
+  `num_images * num_image_tokens + text_len` tokens; the last batch is filled with copies of
+  its first row marked `valid = False`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from paligemma_jax.data.input_config import MemberConfig
+from paligemma_jax.data.input_pipeline import Member, open_member
+from paligemma_jax.data.processor import Processor
+from paligemma_jax.data.tasks import Row
+from paligemma_jax.data.tfds_input import with_decoded_images
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleRows:
+  """index -> the example's rows (or one error row)."""
+
+  member: Member
+
+  def __call__(self, index: int) -> list[Row]:
+    member = self.member
+    try:
+      example = member.source.examples[index]
+      example = with_decoded_images(example, member.task.image_fields(),
+                                    member.config.image_decoder)
+      return member.task.rows(example, index)
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+      reason = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else (
+          str(e).splitlines()[0] if str(e) else type(e).__name__)
+      return [Row(index, None, error=f"{member.config.label} example {index}: {reason}")]
+
+
+def eval_rows(config: MemberConfig, *, process_index: int = 0, process_count: int = 1,
+              read_threads: int = 4) -> Iterator[Row]:
+  """Every row of this process's share of a member's split, in stored order (see above).
+
+  Opening checks the dataset, split and task now (one-line errors); rows are read lazily.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  member = open_member(config)
+  ds = grain.MapDataset.range(len(member.source))[process_index::process_count]
+  ds = ds.map(_ExampleRows(member)).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads))
+  return (row for rows in ds for row in rows)
+
+
+def eval_batches(rows: Iterable[Row], processor: Processor, batch_size: int, text_len: int, *,
+                 num_images: int = 1, padding_side: str = "left") -> Iterator[dict[str, Any]]:
+  """Fixed-shape prompt batches of `rows` (B = batch_size, L = num_images * N + text_len).
+
+  Yields:
+    the processor's arrays for the prompts (images float32 [B, n, S, S, 3], tokens int32 [B, L],
+    input_mask, mask_ar, ...), and valid bool [B], ids, prompts and references (lists of B),
+    errors (the error rows' messages met since the previous batch).
+  """
+  max_length = num_images * processor.num_image_tokens + text_len
+  pending: list[Row] = []
+  errors: list[str] = []
+  for row in rows:
+    if row.error or len(row.images) != num_images:
+      errors.append(row.error or f"row {row.id}: {len(row.images)} images, expected {num_images}")
+      continue
+    pending.append(row)
+    if len(pending) == batch_size:
+      yield _batch(pending, batch_size, processor, max_length, padding_side, errors)
+      pending, errors = [], []
+  if pending:
+    yield _batch(pending, batch_size, processor, max_length, padding_side, errors)
+
+
+def _batch(rows: list[Row], batch_size: int, processor: Processor, max_length: int,
+           padding_side: str, errors: list[str]) -> dict[str, Any]:
+  valid = np.arange(batch_size) < len(rows)
+  rows = rows + [rows[0]] * (batch_size - len(rows))
+  out: dict[str, Any] = processor([list(r.images) for r in rows], [r.prefix or "" for r in rows],
+                                  padding_side=padding_side, max_length=max_length)
+  return out | {"valid": valid, "ids": [r.id for r in rows], "prompts": [r.prefix for r in rows],
+                "references": [list(r.references) for r in rows], "errors": list(errors)}
