@@ -1,5 +1,7 @@
 """The CPU decode kernels (models/cpu_matmul): equal to XLA's einsum, used only where they apply,
-differentiable, and a bf16 decode through them matches one without them."""
+differentiable, and a bf16 decode through them matches one without them, on every CPU path this
+machine can run (`cpu_path`: AVX2 kernels everywhere they run, AVX-512 BF16 ones where the CPU
+has them; prefill GEMMs in f32 or bf16)."""
 
 import importlib
 
@@ -9,15 +11,26 @@ import numpy as np
 import pytest
 
 from paligemma_jax.inference.decode import decode_tokens
-from paligemma_jax.models import cpu_matmul
+from paligemma_jax.models import cpu_matmul, cpu_path
 from model_fixtures import PG2, PG2_WINDOW, make_batch, random_params
 
 pytestmark = pytest.mark.skipif(not cpu_matmul._cpu_supported(),
                                 reason="needs Linux x86 with AVX2/FMA and g++")
 
 
-def test_kernels_build_and_register():
+# The kernel libraries this CPU runs: each test below that takes `kernels` runs on each of them.
+KERNELS = [k for k in ("avx2", "avx512bf16") if cpu_path.kernels_runnable(k)]
+
+
+@pytest.fixture(params=KERNELS)
+def kernels(request):
+  with cpu_path.forced(kernels=request.param):
+    yield request.param
+
+
+def test_kernels_build_and_register(kernels):
   assert cpu_matmul.available()
+  assert cpu_matmul._bf16_kernels() == (kernels == "avx512bf16")
 
 
 def _rand(key: int, shape: tuple[int, ...]) -> jax.Array:
@@ -37,13 +50,19 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("x_dtype", ["bfloat16", "float32"])  # bf16 activations: the BF16 kernels
 @pytest.mark.parametrize("spec,x_shape,w_shape", CASES)
-def test_kernel_equals_einsum(spec, x_shape, w_shape):
+def test_kernel_equals_einsum(kernels, spec, x_shape, w_shape, x_dtype):
   x, w = _rand(0, x_shape), _rand(1, w_shape)
-  got = jax.jit(lambda x, w: cpu_matmul.einsum(spec, x, w))(x, w)
+  x = x if x_dtype == "bfloat16" else x.astype(jnp.float32) * 1.001  # not bf16-exact
+  run = jax.jit(lambda x, w: cpu_matmul.einsum(spec, x, w))
   want = jnp.einsum(spec, x.astype(jnp.float32), w.astype(jnp.float32), precision="highest")
+  got = run(x, w)
   assert got.dtype == jnp.float32 and got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  bf16_kernel = kernels == "avx512bf16" and x_dtype == "bfloat16"
+  assert ("paligemma_cpu_nn_bf16" in run.lower(x, w).as_text()
+          or "paligemma_cpu_nt_bf16" in run.lower(x, w).as_text()) == bf16_kernel
 
 
 def test_applies_only_where_it_can():
@@ -65,7 +84,8 @@ def test_gradients_match_einsum():
     np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2, atol=1e-2)
 
 
-def test_bf16_decode_matches_decode_without_kernels(monkeypatch):
+@pytest.mark.parametrize("prefill", cpu_path.PREFILLS)
+def test_bf16_decode_matches_decode_without_kernels(kernels, prefill):
   config = PG2_WINDOW.replace(dtype="bfloat16", param_dtype="bfloat16")
   params = random_params(config)
   batch = make_batch(config, batch=3, suffix_len=0)
@@ -74,16 +94,16 @@ def test_bf16_decode_matches_decode_without_kernels(monkeypatch):
   def run():
     return decode_tokens(*args, config=config, max_new_tokens=6, eos_id=-1, keep_logits=True)
 
-  with_kernels = run()
-  monkeypatch.setattr(cpu_matmul, "available", lambda: False)
-  jax.clear_caches()
-  without = run()
+  with cpu_path.forced(prefill=prefill):
+    with_kernels = run()
+  with cpu_path.forced(prefill="f32", kernels="off"):  # XLA's einsum in f32 throughout
+    without = run()
   np.testing.assert_array_equal(with_kernels.tokens, without.tokens)
   scale = float(jnp.abs(without.logits).max())
   np.testing.assert_allclose(with_kernels.logits, without.logits, atol=2e-2 * scale)
 
 
-def test_nn_split_over_contraction_is_deterministic():
+def test_nn_split_over_contraction_is_deterministic(kernels):
   # Tall and narrow (the down projection's shape): the contraction is split into pieces whose
   # partial sums are added in a fixed order, so repeated calls agree bit for bit.
   x, w = _rand(0, (3, 1, 4099)), _rand(1, (4099, 72))
@@ -126,7 +146,7 @@ def test_bf16_decode_widens_no_whole_array():
 
 
 @pytest.mark.parametrize("spec,x_shape,w_shape", [CASES[0], CASES[1], CASES[3], CASES[4], CASES[6]])
-def test_layer_slice_reads_its_layer_in_place(spec, x_shape, w_shape):
+def test_layer_slice_reads_its_layer_in_place(kernels, spec, x_shape, w_shape):
   x, stack = _rand(0, x_shape), _rand(1, (3, *w_shape))
   for layer in range(3):
     view = cpu_matmul.LayerSlice(stack, layer)
@@ -135,9 +155,16 @@ def test_layer_slice_reads_its_layer_in_place(spec, x_shape, w_shape):
     np.testing.assert_array_equal(got(x, stack), cpu_matmul.einsum(spec, x, stack[layer]))
     widened = jax.jit(lambda s, x, i=layer: cpu_matmul.LayerSlice(s, i).widen(after=x))
     np.testing.assert_array_equal(widened(stack, x), stack[layer].astype(jnp.float32))
+    for prefill, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+      with cpu_path.forced(prefill=prefill):
+        operand = jax.jit(lambda s, x, i=layer: cpu_matmul.LayerSlice(s, i).gemm_operand(x))
+        got = operand(stack, x)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, stack[layer].astype(dtype))
 
 
-def test_bf16_decode_keeps_no_copy_of_the_weights():
+@pytest.mark.parametrize("prefill", cpu_path.PREFILLS)
+def test_bf16_decode_keeps_no_copy_of_the_weights(kernels, prefill):
   # Unrolled over sliced layers, the decode loop made XLA copy every layer out of its stack, and
   # the prefill widened every layer's weights to f32 at the start (the image encoder's too, when
   # scanned): temporaries of ~3x the layers' bf16 bytes per call. Layers read in place and
@@ -147,9 +174,10 @@ def test_bf16_decode_keeps_no_copy_of_the_weights():
                           "vision.width": 128, "vision.mlp_dim": 1024, "vision.depth": 6})
   params = random_params(config)
   batch = make_batch(config, batch=2, suffix_len=0)  # > MAX_ROWS prompt rows: XLA's GEMM
-  compiled = decode_tokens.lower(params, batch["tokens"], batch["images"], batch["input_mask"],
-                                 batch["mask_ar"], config=config, max_new_tokens=4,
-                                 eos_id=-1).compile()
+  with cpu_path.forced(prefill=prefill):
+    compiled = decode_tokens.lower(params, batch["tokens"], batch["images"], batch["input_mask"],
+                                   batch["mask_ar"], config=config, max_new_tokens=4,
+                                   eos_id=-1).compile()
   layers = sum(a.nbytes for tower in ("llm", "vision")
                for a in jax.tree.leaves(params["params"][tower]["layers"]))
   temp = compiled.memory_analysis().temp_size_in_bytes

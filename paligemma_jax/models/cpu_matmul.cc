@@ -10,6 +10,7 @@
 //   PgMatmulNN: y[M, L, F] = x[M, C] . w[layer, L, C, F]  (big_vision layout: contraction first)
 //   PgMatmulNT: y[M, F]    = x[M, C] . w[layer, F, C]^T   (the embedding used as the LM head)
 //   PgWiden:    y[...]     = f32(w[layer, ...])           (a prefill GEMM's operand, see .py)
+//   PgCopyLayer: y[...]    = w[layer, ...]                (the same, where bf16 GEMMs are faster)
 //   PgTakeRows: y[N, D]    = table[ids[N], D]             (the embedding lookup; see cpu_matmul.py)
 //
 // The weights may be a stack of layers (a leading axis), read in place at `layer`; a plain matrix
@@ -30,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -46,80 +48,6 @@ inline float Widen1(uint16_t v) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
-}
-
-// A pool of worker threads that lives as long as the process (never destroyed, so exit order
-// does not matter). Workers sleep on a condition variable between calls; their thread_local
-// scratch buffers persist. Calls from several XLA threads take turns.
-class Pool {
- public:
-  static Pool& Get() {
-    static Pool* pool = new Pool(std::max(1u, std::thread::hardware_concurrency()));
-    return *pool;
-  }
-
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
-
-  // Runs fn(0), ..., fn(n - 1) (n <= size()), fn(0) on the calling thread; returns when all end.
-  void Run(int n, const std::function<void(int)>& fn) {
-    std::lock_guard<std::mutex> turn(run_mu_);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job_ = &fn;
-      want_ = n;
-      pending_ = n - 1;
-      ++generation_;
-    }
-    cv_.notify_all();
-    fn(0);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_ == 0; });
-  }
-
- private:
-  explicit Pool(unsigned threads) {
-    for (unsigned i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
-  }
-
-  void Work(int index) {
-    int64_t seen = 0;
-    for (;;) {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return generation_ != seen; });
-      seen = generation_;
-      if (index >= want_) continue;
-      const std::function<void(int)>* job = job_;
-      lock.unlock();
-      (*job)(index);
-      lock.lock();
-      if (--pending_ == 0) done_.notify_one();
-    }
-  }
-
-  std::vector<std::thread> workers_;
-  std::mutex run_mu_, mu_;
-  std::condition_variable cv_, done_;
-  const std::function<void(int)>* job_ = nullptr;
-  int want_ = 0, pending_ = 0;
-  int64_t generation_ = 0;
-};
-
-// Runs fn(lo, hi) over [0, n) in pieces of `grain` (a multiple of it), on up to `threads` pool
-// threads. Pieces are handed out from a shared counter, so a thread slowed by another process
-// on its core takes fewer of them instead of holding everyone up.
-template <typename Fn>
-void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
-  const int64_t chunks = (n + grain - 1) / grain;
-  Pool& pool = Pool::Get();
-  const int t = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>({threads, chunks, pool.size()})));
-  if (t == 1) return fn(0, n);
-  const int64_t pieces = std::min<int64_t>(chunks, 8 * t);
-  const int64_t per = (chunks + pieces - 1) / pieces * grain;
-  std::atomic<int64_t> next{0};
-  pool.Run(t, [&](int) {
-    for (int64_t lo; (lo = next.fetch_add(per)) < n;) fn(lo, std::min(n, lo + per));
-  });
 }
 
 // Output columns per block. The accumulators (up to 4 x 64 KB) live in L2; wide blocks keep each
@@ -335,6 +263,20 @@ ffi::Error WidenLayer(ffi::Buffer<ffi::BF16> w, ffi::AnyBuffer after,
   return ffi::Error::Success();
 }
 
+// y = w[layer] in bf16: a prefill GEMM's operand on CPUs whose bf16 GEMM is the fast one, ordered
+// after `after` as PgWiden's is (a copy of one layer, made when the layer runs).
+ffi::Error CopyLayer(ffi::Buffer<ffi::BF16> w, ffi::AnyBuffer after,
+                     ffi::ResultBuffer<ffi::BF16> y, int64_t layer, int64_t threads) {
+  const int64_t n = static_cast<int64_t>(y->element_count());
+  if (!InStack(w, layer, n)) return ffi::Error::InvalidArgument("PgCopyLayer wants w[layers, ...]");
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * n;
+  uint16_t* yp = reinterpret_cast<uint16_t*>(y->typed_data());
+  Parallel(n, 1 << 16, static_cast<int>(threads), [&](int64_t lo, int64_t hi) {
+    std::memcpy(yp + lo, wp + lo, (hi - lo) * sizeof(uint16_t));
+  });
+  return ffi::Error::Success();
+}
+
 // y[n, :] = table[ids[n], :] for a bf16 table [V, D], as jnp.take's default "fill" mode: ids in
 // [-V, 0) count from the end, ids outside [-V, V) give NaN rows.
 ffi::Error TakeRows(ffi::Buffer<ffi::BF16> table, ffi::Buffer<ffi::S32> ids,
@@ -385,5 +327,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgWiden, WidenLayer,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgCopyLayer, CopyLayer,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Attr<int64_t>("layer")
                                   .Attr<int64_t>("threads"));

@@ -2,70 +2,88 @@
 
 A decode step multiplies a handful of activation rows by every weight, so its speed is how fast
 the weights stream from memory. XLA:CPU has no bf16 kernel for that shape: it reaches 2-8 GB/s
-where memory gives ~25 (measured in `benchmarks/inference_speed.py`). `cpu_matmul.cc` has two
-small AVX2 kernels that read each bf16 weight once and accumulate in f32; this module compiles
-them on first use (g++, cached under ~/.cache/paligemma_jax), registers them with `jax.ffi`, and
-maps an einsum onto them.
+where memory gives ~25-50 (measured in `benchmarks/inference_speed.py`). Two kernel libraries
+read each bf16 weight once and accumulate in f32: `cpu_matmul.cc` (AVX2 + FMA: widens the
+weights in registers, f32 activations) and `cpu_matmul_bf16.cc` (AVX-512 BF16: vdpbf16ps on bf16
+activations, 4x the multiply-adds per instruction, so 5-8-row steps stay memory-bound). This module
+compiles them on first use (g++, cached under ~/.cache/paligemma_jax), registers them with
+`jax.ffi`, and maps an einsum onto them; `cpu_path` decides which run on this CPU.
 
 `einsum(spec, x, w)` returns None whenever the kernels do not apply, and the caller runs its
 usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
-batch axes, a CPU without AVX2/FMA, no compiler, or `PALIGEMMA_JAX_CPU_KERNELS=0`. Gradients go
-through the plain einsum (custom VJP), so training code may call it too. `LayerSlice` hands the
-kernels one layer of a stacked weight to read in place, and `take_rows` is the embedding lookup
-(see their sections).
+batch axes, a CPU path without kernels (no AVX2/FMA, no compiler, `PALIGEMMA_JAX_CPU_KERNELS=off`).
+Gradients go through the plain einsum (custom VJP), so training code may call it too.
+`LayerSlice` hands the kernels one layer of a stacked weight to read in place, and `take_rows`
+is the embedding lookup (see their sections).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import math
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
 
+from paligemma_jax.models import cpu_path
+
 MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
-_SOURCE = pathlib.Path(__file__).with_name("cpu_matmul.cc")
-_TARGETS = {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden", "take": "PgTakeRows"}
+_HERE = pathlib.Path(__file__).parent
+
+
+@dataclasses.dataclass(frozen=True)
+class _Library:
+  source: str
+  flags: tuple[str, ...]
+  targets: dict[str, str]  # FFI target suffix -> symbol
+
+
+# The AVX2 library (f32 activations, plus the layer copies and the row gather every path uses)
+# and the AVX-512 BF16 one (bf16 activations); `cpu_path` says which matmuls run.
+_LIBRARIES = {
+    "avx2": _Library("cpu_matmul.cc", ("-mavx2", "-mfma"),
+                     {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden",
+                      "copy": "PgCopyLayer", "take": "PgTakeRows"}),
+    "avx512bf16": _Library("cpu_matmul_bf16.cc",
+                           ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                            "-mavx512bf16"),
+                           {"nn_bf16": "PgMatmulNNBf16", "nt_bf16": "PgMatmulNTBf16"}),
+}
 
 
 def _cpu_supported() -> bool:
-  if sys.platform != "linux" or os.environ.get("PALIGEMMA_JAX_CPU_KERNELS", "1") == "0":
-    return False
-  try:
-    flags = pathlib.Path("/proc/cpuinfo").read_text()
-  except OSError:
-    return False
-  return " avx2" in flags and " fma" in flags and shutil.which("g++") is not None
+  """Whether this process's CPU path runs the decode kernels (AVX2 ones at least)."""
+  return cpu_path.current().kernels != "off"
 
 
-def _build() -> pathlib.Path:
-  """Compiles the kernels once per source and jax version; returns the shared library.
+def _build(library: _Library) -> pathlib.Path:
+  """Compiles a kernel library once per source and jax version; returns the shared library.
 
   The library is cached under $XDG_CACHE_HOME (~/.cache) or, where that cannot be written, the
   temporary directory.
   """
-  source = _SOURCE.read_bytes()
-  tag = hashlib.sha256(source + jax.__version__.encode()).hexdigest()[:16]
-  home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-  for cache in (home / "paligemma_jax", pathlib.Path(tempfile.gettempdir()) / "paligemma_jax"):
-    lib = cache / f"cpu_matmul-{tag}.so"
+  source = _HERE / library.source
+  digest = hashlib.sha256(source.read_bytes() + (_HERE / "cpu_pool.h").read_bytes()
+                          + " ".join(library.flags).encode() + jax.__version__.encode())
+  stem = source.stem
+  for cache in cpu_path.cache_dirs():
+    lib = cache / f"{stem}-{digest.hexdigest()[:16]}.so"
     if lib.exists():
       return lib
     try:
       cache.mkdir(parents=True, exist_ok=True)
       with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = pathlib.Path(tmp) / lib.name
-        subprocess.run(["g++", "-O3", "-std=c++17", "-mavx2", "-mfma", "-fPIC", "-shared",
-                        "-pthread", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(out)],
-                       check=True, capture_output=True)
+        subprocess.run(["g++", "-O3", "-std=c++17", *library.flags, "-fPIC", "-shared",
+                        "-pthread", f"-I{_HERE}", f"-I{jax.ffi.include_dir()}", str(source),
+                        "-o", str(out)], check=True, capture_output=True)
         os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
       return lib
     except OSError:  # not writable (a compiler failure raises CalledProcessError)
@@ -74,18 +92,29 @@ def _build() -> pathlib.Path:
 
 
 @functools.cache
-def available() -> bool:
-  """Whether the kernels are compiled and registered (tried once per process)."""
-  if not _cpu_supported():
+def _load(kind: str) -> bool:
+  """Compiles and registers library `kind` (tried once per process); whether that worked."""
+  if not cpu_path.kernels_runnable(kind):
     return False
+  library = _LIBRARIES[kind]
   try:
-    library = ctypes.cdll.LoadLibrary(str(_build()))
-    for kind, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(f"paligemma_cpu_{kind}",
-                                  jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    lib = ctypes.cdll.LoadLibrary(str(_build(library)))
+    for target, symbol in library.targets.items():
+      jax.ffi.register_ffi_target(f"paligemma_cpu_{target}",
+                                  jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (OSError, subprocess.CalledProcessError, AttributeError):
     return False
   return True
+
+
+def available() -> bool:
+  """Whether the decode kernels run on this process's CPU path (compiled and registered)."""
+  return _cpu_supported() and _load("avx2")
+
+
+def _bf16_kernels() -> bool:
+  """Whether few-row products with bf16 activations go to the AVX-512 BF16 kernels."""
+  return cpu_path.current().kernels == "avx512bf16" and _load("avx512bf16")
 
 
 def _threads() -> int:
@@ -98,7 +127,8 @@ def _call(kind: str, x_MxC: jax.Array, w: jax.Array, layer: int, out_shape: tupl
   call = jax.ffi.ffi_call(f"paligemma_cpu_{kind}",
                           jax.ShapeDtypeStruct(out_shape, jnp.float32),
                           vmap_method="sequential")
-  return call(x_MxC.astype(jnp.float32), w, layer=layer, threads=_threads())
+  x_MxC = x_MxC if kind.endswith("_bf16") else x_MxC.astype(jnp.float32)
+  return call(x_MxC, w, layer=layer, threads=_threads())
 
 
 class _Plan:
@@ -132,10 +162,13 @@ class _Plan:
     stack, layer = (w.stack, w.layer) if isinstance(w, LayerSlice) else (w, 0)
     x_MxC = jnp.transpose(x, [self.lhs.index(a) for a in self.free + self.contracted])
     x_MxC = x_MxC.reshape(self.rows, self.c)
+    # bf16 activations go to the AVX-512 BF16 kernels where the CPU path has them; others (f32
+    # activations, AVX2 CPUs) to the f32 kernels.
+    suffix = "_bf16" if x.dtype == jnp.bfloat16 and _bf16_kernels() else ""
     if self.trail:
-      y = _call("nn", x_MxC, stack, layer, (self.rows, self.l, self.f))
+      y = _call("nn" + suffix, x_MxC, stack, layer, (self.rows, self.l, self.f))
     else:  # contraction is w's minor block: rows of w are contiguous dot products
-      y = _call("nt", x_MxC, stack, layer, (self.rows, self.l))
+      y = _call("nt" + suffix, x_MxC, stack, layer, (self.rows, self.l))
     got = self.free + self.lead + self.trail
     y = y.reshape([self.size[a] for a in got])
     return jnp.transpose(y, [got.index(a) for a in self.out])
@@ -196,6 +229,15 @@ class LayerSlice:
 
   def astype(self, dtype) -> "jax.Array | LayerSlice":
     return self if jnp.dtype(dtype) == self.dtype else self.stack[self.layer].astype(dtype)
+
+  def gemm_operand(self, after: jax.Array) -> jax.Array:
+    """The layer as the prefill GEMM takes it on this CPU path (see `cpu_path`): widened to f32,
+    or a bf16 copy, made after `after` is (see `widen`)."""
+    if cpu_path.current().prefill == "f32":
+      return self.widen(after)
+    call = jax.ffi.ffi_call("paligemma_cpu_copy", jax.ShapeDtypeStruct(self.shape, self.dtype),
+                            vmap_method="sequential")
+    return call(self.stack, after, layer=self.layer, threads=_threads())
 
   def widen(self, after: jax.Array) -> jax.Array:
     """The layer as f32, computed after `after` is.
