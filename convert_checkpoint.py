@@ -11,10 +11,15 @@ With --vqvae the source is the segmentation VQ-VAE (vae-oid.npz), written as its
 (or an Orbax VQ-VAE back to npz when --dst ends in .npz):
 
   python convert_checkpoint.py --vqvae --src vae-oid.npz --dst vae-oid/
+
+An npz carries no config: its shapes give the sizes and a published variant (--variant, found by
+shape when not given) the rest. For a custom Gemma 2 size that no variant matches, give the
+attention scale (--query_pre_attn_scalar=144) or config fields as JSON (--variant_json=cfg.json).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 from absl import app, flags
@@ -31,6 +36,15 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing destination (atomical
 flags.DEFINE_string("max_shard_size", "5GB", "HF output: largest shard, e.g. 500MB, 5GB, 2GiB.")
 flags.DEFINE_string("variant", None, "npz source: the variant, e.g. paligemma2_28b_448 (needed "
                     "when shapes cannot tell the attention scale).")
+flags.DEFINE_string("variant_json", None, "npz source: a JSON file of PaliGemmaConfig fields "
+                    "(the to_dict() layout, any subset, e.g. {\"text\": {\"sliding_window\": "
+                    "4096}}) set over --variant or the config the shapes give: for custom sizes.")
+flags.DEFINE_float("query_pre_attn_scalar", None, "npz source, Gemma 2: the attention scale "
+                   "(queries times its -0.5 power) when shapes cannot tell it (head_dim != "
+                   "width / heads) and no published variant matches.")
+flags.register_validator(
+    "query_pre_attn_scalar", lambda v: v is None or (math.isfinite(v) and v > 0),
+    "must be a positive number (queries are scaled by its -0.5 power, e.g. 144)")
 flags.DEFINE_bool("verify", False, "Afterwards, compare logits of both sides on a random input.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("vqvae", False, "The source is the segmentation VQ-VAE (vae-oid.npz or its "
@@ -55,9 +69,13 @@ def main(argv: list[str]) -> None:
       from paligemma_jax.conversion.vqvae import convert_vqvae
       print(convert_vqvae(FLAGS.src, FLAGS.dst, overwrite=FLAGS.overwrite))
       return
+    from paligemma_jax.conversion.npz_variant import npz_variant
+    variant = npz_variant(FLAGS.src, FLAGS.src_format, variant=FLAGS.variant,
+                          variant_json=FLAGS.variant_json,
+                          query_pre_attn_scalar=FLAGS.query_pre_attn_scalar)
     convert(FLAGS.src, FLAGS.dst, src_format=FLAGS.src_format, dst_format=FLAGS.dst_format,
             dtype=FLAGS.dtype, overwrite=FLAGS.overwrite, max_shard_size=FLAGS.max_shard_size,
-            variant=FLAGS.variant, verify=FLAGS.verify, progress=FLAGS.progress)
+            variant=variant, verify=FLAGS.verify, progress=FLAGS.progress)
   except KeyboardInterrupt:
     _fail("interrupted; the destination was left as it was", 1)
   except Exception as e:  # noqa: BLE001 -- a CLI prints one line, never a traceback

@@ -7,7 +7,8 @@ from paligemma_jax.conversion.hf import HFSource, config_from_hf, load_hf_checkp
 from paligemma_jax.conversion.hf_config import to_hf_config
 from paligemma_jax.conversion.hf_table import Row, Transform, canonical_key, table
 from paligemma_jax.conversion.hf_writer import write_hf
-from paligemma_jax.conversion.npz import NpzSource, write_npz
+from paligemma_jax.conversion.npz import NpzSource, shapes_config, write_npz
+from paligemma_jax.conversion.npz_variant import npz_variant, read_config_json
 from paligemma_jax.conversion.safetensors_io import CheckpointError, SafetensorsReader
 from paligemma_jax.conversion.streaming import (CastSource, ConversionError, MemorySource, Source,
                                                 read_params)
@@ -17,8 +18,9 @@ __all__ = [
     "CastSource", "CheckpointError", "ConversionError", "DestinationExistsError", "FORMATS",
     "HFSource", "MemorySource", "NpzSource", "Row", "SafetensorsReader", "Source", "Summary",
     "Transform", "VerificationError", "VerifyResult", "canonical_key", "config_from_hf",
-    "convert", "detect_format", "load_hf_checkpoint", "open_source", "read_hf_config",
-    "read_params", "table", "to_hf_config", "write_hf", "write_npz",
+    "convert", "detect_format", "load_hf_checkpoint", "npz_variant", "open_source",
+    "read_config_json", "read_hf_config", "read_params", "shapes_config", "table", "to_hf_config",
+    "write_hf", "write_npz",
 ]
 
 from paligemma_jax.conversion.vqvae import (load_vqvae_npz, save_vqvae_npz, vqvae_params_from_npz,

@@ -85,7 +85,8 @@ def resolve_config(inferred: PaliGemmaConfig, variant: str | PaliGemmaConfig | N
             f"{path}: this Gemma 2 has head_dim {t.head_dim} != width / heads "
             f"{t.width / t.num_heads:g}, so its attention scale (query_pre_attn_scalar) cannot "
             "be told from shapes and it matches no published variant; pass the variant "
-            "(--variant, e.g. paligemma2_28b_224)")
+            "(--variant, e.g. paligemma2_28b_224), the scale (--query_pre_attn_scalar) or a "
+            "config (--variant_json)")
       return inferred, "inferred from shapes"
   if isinstance(variant, str):
     try:
@@ -100,15 +101,33 @@ def resolve_config(inferred: PaliGemmaConfig, variant: str | PaliGemmaConfig | N
   return base.replace(**{"text.vocab_size": inferred.text.vocab_size}), how
 
 
+def _params_members(reader: NpzReader) -> dict[str, NpyMember]:
+  """The members under `params/`, keys without the prefix (big_vision's params subtree)."""
+  members = reader.members
+  if any(k.startswith(PREFIX) for k in members):
+    members = {k[len(PREFIX):]: m for k, m in members.items() if k.startswith(PREFIX)}
+  return members
+
+
+def shapes_config(path: str) -> PaliGemmaConfig:
+  """The config an npz's shapes give, with PaliGemma's defaults for the rest (no variant
+  matching, no check that the attention scale can be told): the base for a config the user
+  completes."""
+  reader = NpzReader(path)
+  try:
+    shapes = {k: m.shape for k, m in _params_members(reader).items()}
+  finally:
+    reader.close()
+  return config_from_shapes(shapes, path)
+
+
 class NpzSource(Source):
   """Native leaves of a big_vision npz (with or without the `params/` prefix)."""
 
   def __init__(self, path: str, variant: str | PaliGemmaConfig | None = None):
     self.path = path
     self.reader = NpzReader(path)
-    members = self.reader.members
-    if any(k.startswith(PREFIX) for k in members):  # take the params subtree, as big_vision does
-      members = {k[len(PREFIX):]: m for k, m in members.items() if k.startswith(PREFIX)}
+    members = _params_members(self.reader)
     shapes = {k: m.shape for k, m in members.items()}
     config, self.how = resolve_config(config_from_shapes(shapes, path), variant, path)
     stored = members["llm/embedder/input_embedding"].dtype.name
