@@ -106,8 +106,8 @@ class Preparation:
     example = member.source.examples[index]
     decoder = member.config.image_decoder
     example = with_decoded_images(example, member.task.image_fields(), decoder)
-    rows = member.task.rows(example, index)
     rng = np.random.default_rng([self.seed, m, epoch, index])
+    rows = member.task.rows(example, index, rng=rng)  # training: the task draws its variant
     if not rows:
       return Skip(m, f"{member.config.label} example {index}: the task made no row")
     row = rows[int(rng.integers(len(rows)))]
