@@ -9,7 +9,12 @@ measured in the same run.
 `--full` (an accelerator): the real PaliGemma-3B-224 shapes with random weights, ours only,
 batch-1 decode ms/token against the HBM roofline and batch-64 examples/s.
 
+`--paths` also times ours on other CPU paths (`models/cpu_path.py`: how prefill GEMMs multiply
+bf16, and which decode kernels run), each compiled on its own and taking turns with the others;
+the default is the path this CPU chooses. The CPU's name and flags are printed with the figures.
+
     python benchmarks/inference_speed.py                 # CPU, batch 1 and 8
+    python benchmarks/inference_speed.py --paths auto f32/avx2 bf16/avx2 bf16/avx512bf16
     python benchmarks/inference_speed.py --full          # GPU/TPU
 """
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from paligemma_jax.conversion import load_hf_checkpoint
 from paligemma_jax.inference import decode_tokens
-from paligemma_jax.models import cpu_matmul, get_variant, init_params
+from paligemma_jax.models import cpu_matmul, cpu_path, get_variant, init_params
 
 IMAGE_TOKEN, VOCAB, RES = 257_152, 257_216, 224
 M = (RES // 14) ** 2
@@ -109,14 +114,32 @@ def prompts(batch: int, text: int, seed: int = 0) -> dict:
           "images": rng.uniform(-1, 1, (batch, 1, RES, RES, 3)).astype(np.float32)}
 
 
-def ours_runner(config, params, batch: dict):
+def ours_runner(config, params, batch: dict, path: str = "auto"):
   """run(n): prefill + n greedy tokens (eos disabled so every row runs n steps), through
-  `decode_tokens` as `generate` calls it (no per-step logits kept, as HF's generate by default)."""
+  `decode_tokens` as `generate` calls it (no per-step logits kept, as HF's generate by default).
+
+  `path` is "auto" (this CPU's choice) or "PREFILL/KERNELS" (see `cpu_path`): the program is
+  compiled ahead of time on that path, so several paths can take turns in one run.
+  """
+  args = (params, batch["tokens"], batch["images"], batch["input_mask"], batch["mask_ar"])
+  prefill, kernels = (None, None) if path == "auto" else path.split("/")
+  compiled = {}
+
   def run(n: int) -> None:
-    decode_tokens(params, batch["tokens"], batch["images"], batch["input_mask"],
-                  batch["mask_ar"], config=config, max_new_tokens=n,
-                  eos_id=-1).tokens.block_until_ready()
+    if n not in compiled:
+      with cpu_path.forced(prefill, kernels):
+        compiled[n] = decode_tokens.lower(*args, config=config, max_new_tokens=n,
+                                          eos_id=-1).compile()
+    compiled[n](*args, eos_id=-1).tokens.block_until_ready()
   return run
+
+
+def cpu_description() -> str:
+  """The CPU's model name and the flags that decide its path (figures are only meaningful with
+  them: the project's machines differ)."""
+  flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+           if f in cpu_path.cpu_flags()]
+  return f"{cpu_path.cpu_name()}, {len(jax.devices())} device(s), flags: {' '.join(flags)}"
 
 
 def hf_runner(model, batch: dict):
@@ -178,8 +201,10 @@ def prefill_flops(config, batch: int, s: int) -> float:
 
 
 def cpu_benchmark(args) -> None:
-  print(f"devices: {jax.devices()}")
+  print(f"CPU: {cpu_description()}")
+  print(f"this CPU's path: {cpu_path.current()}")
   peak, f32_peak, bw = matmul_peak(), matmul_peak(jnp.float32), read_bandwidth()
+  fastest = max(peak, f32_peak)
   print(f"measured: bf16 matmul {peak / 1e9:.1f} GFLOP/s, f32 matmul {f32_peak / 1e9:.1f} "
         f"GFLOP/s, read bandwidth {bw / 1e9:.1f} GB/s (measured again after each batch)")
   model = hf_reduced_depth(args.layers)
@@ -188,11 +213,12 @@ def cpu_benchmark(args) -> None:
     config, params = load_hf_checkpoint(folder)
   print(f"model: real width, {args.layers} layers each, vocab {VOCAB}, bf16 weights on both "
         f"sides; prompt {M} image + {args.text} text tokens, {args.new_tokens} new tokens")
-  print("'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
-        "step time. 'ours bf16' decodes through the CPU kernels of models/cpu_matmul.py "
-        f"(available: {cpu_matmul.available()}); 'ours f32' upcasts the same weights to f32, "
-        "so it reads 2x the bytes. 'compute floor' = a step's multiply-adds (2 x rows x weights) "
-        "at the measured f32 matmul rate: past a few rows a step is bound by it, not by memory")
+  print("'% peak' = prefill FLOPs / time / the faster of the two matmul rates measured above. "
+        "'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
+        "step time. 'ours PATH' decodes bf16 weights on CPU path PATH (prefill GEMM dtype / "
+        "decode kernels, see models/cpu_path.py); 'ours f32' holds the weights in f32, so it "
+        "reads 2x the bytes. 'compute floor' = a step's multiply-adds (2 x rows x weights) at "
+        "the faster matmul rate: past a few rows a step is bound by it, not by memory")
   header = ("batch", "prefill ms ours/HF", "ratio", "% peak ours/HF", "decode ms/tok ours/HF",
             "ratio", "% roofline ours/HF", "compute floor ms")
   print(" | ".join(header))
@@ -202,18 +228,20 @@ def cpu_benchmark(args) -> None:
     batch = prompts(b, args.text)
     s = batch["tokens"].shape[1]
     flops = prefill_flops(config, b, s)
-    compute_floor = 2 * b * llm_weights(config) / f32_peak
-    times = phases({"HF": hf_runner(model, batch),
-                    "ours bf16": ours_runner(config, params, batch),
-                    "ours f32": ours_runner(f32_config, f32_params, batch)},
-                   args.new_tokens, args.repeats)
+    compute_floor = 2 * b * llm_weights(config) / fastest
+    runners = {"HF": hf_runner(model, batch)}
+    for path in args.paths:
+      runners[f"ours {path}"] = ours_runner(config, params, batch, path)
+    if args.f32:
+      runners["ours f32"] = ours_runner(f32_config, f32_params, batch)
+    times = phases(runners, args.new_tokens, args.repeats)
     hf_pre, hf_dec = times.pop("HF")
     # The machine drifts over minutes: the roofline uses the best bandwidth seen before or after.
     bw = max(bw, read_bandwidth())
     floor = decode_bytes(config, b, s + args.new_tokens) / bw
     for name, (pre, dec) in times.items():
       print(f"{b} {name} | {pre * 1e3:.0f} / {hf_pre * 1e3:.0f} | {hf_pre / pre:.2f}x | "
-            f"{100 * flops / pre / peak:.0f}% / {100 * flops / hf_pre / peak:.0f}% | "
+            f"{100 * flops / pre / fastest:.0f}% / {100 * flops / hf_pre / fastest:.0f}% | "
             f"{dec * 1e3:.1f} / {hf_dec * 1e3:.1f} | {hf_dec / dec:.2f}x | "
             f"{100 * floor / dec:.0f}% / {100 * floor / hf_dec:.0f}% | "
             f"{compute_floor * 1e3:.1f}", flush=True)
@@ -245,6 +273,9 @@ def main() -> None:
   parser.add_argument("--new_tokens", type=int, default=48,
                       help="decode is timed as t(prefill + n) - t(prefill + 1): more is steadier")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--paths", nargs="+", default=["auto"],
+                      help="CPU paths for ours: auto or PREFILL/KERNELS, e.g. f32/avx2")
+  parser.add_argument("--f32", action="store_true", help="also time ours with f32 weights")
   parser.add_argument("--full", action="store_true", help="PaliGemma-3B-224 on an accelerator")
   args = parser.parse_args()
   (full_benchmark if args.full else cpu_benchmark)(args)
