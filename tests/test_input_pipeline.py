@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import numpy as np
 import PIL.Image
@@ -111,7 +112,7 @@ def test_restored_iterator_continues_exactly_across_an_epoch_boundary(data_dir, 
   cfg = config(data_dir, batch_size=5)  # 24 examples: the epoch ends inside batch 5
   straight = TrainInput(cfg, processor)
   take(straight, 3)
-  state = straight.get_state()
+  state = json.loads(json.dumps(straight.get_state()))  # stored as JSON in a checkpoint
   expected = take(straight, 4)
   resumed = TrainInput(cfg, processor)
   resumed.set_state(state)
@@ -189,3 +190,11 @@ def test_config_from_dict_rejects_unknown_keys_naming_the_valid_ones(data_dir):
     input_config_from_dict({**good, "members": [{}]})
   with pytest.raises(ValueError, match="batch_size 6 does not divide by the 4 processes"):
     TrainInput(dataclasses.replace(cfg, batch_size=6), None, process_index=0, process_count=4)
+
+
+def test_worker_processes_need_parsed_absl_flags(data_dir, processor):
+  from absl import flags
+  if flags.FLAGS.is_parsed():
+    pytest.skip("absl flags already parsed in this process")
+  with pytest.raises(ValueError, match="input.worker_processes > 0 needs absl flags parsed"):
+    TrainInput(config(data_dir, worker_processes=2), processor)

@@ -32,6 +32,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from paligemma_jax.data.input_config import InputConfig, MemberConfig
 from paligemma_jax.data.mixture import Element, mixed_stream, normalise_weights
@@ -204,6 +205,9 @@ class TrainInput:
     ds = Skipping(ds, len(self.members), config.max_skipped)
     ds = ds.batch(self.local_batch_size, drop_remainder=True)
     if config.worker_processes:
+      if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+        raise ValueError("input.worker_processes > 0 needs absl flags parsed (start the program "
+                         "with absl.app.run); or set input.worker_processes=0 (threads only)")
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_processes))
     self._iterator = iter(ds)
     self._counts = _zero_counts(len(self.members))
