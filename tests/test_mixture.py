@@ -118,3 +118,12 @@ def test_a_weight_of_zero_or_less_is_an_error(data_dir, processor, weight):
 def test_a_member_smaller_than_the_process_count_is_an_error():
   with pytest.raises(ValueError, match="member 1 has 2 examples, fewer than the 4 processes"):
     mixed_stream([10, 2], [0.5, 0.5], 0, True, 0, 4, 64)
+
+
+def test_steps_looked_up_from_many_threads_match_a_sequential_walk():
+  from concurrent.futures import ThreadPoolExecutor
+  steps = np.random.default_rng(0).permutation(2000)
+  sequential = [MixtureMap([0.6, 0.3, 0.1], 5, block=64)[int(i)] for i in steps]
+  shared = MixtureMap([0.6, 0.3, 0.1], 5, block=64)  # one cache, crossed by every thread
+  with ThreadPoolExecutor(8) as pool:
+    assert list(pool.map(lambda i: shared[int(i)], steps)) == sequential

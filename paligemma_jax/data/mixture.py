@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections.abc import Sequence
 
 import grain
@@ -61,26 +62,30 @@ class MixtureMap(grain.transforms.DatasetSelectionMap):
     self.block = block
     self.seed = seed
     self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._lock = threading.Lock()  # Grain's reader threads look steps up concurrently
 
   def __getstate__(self) -> dict:
-    return {**self.__dict__, "_cache": {}}
+    return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state, _cache={}, _lock=threading.Lock())
 
   def __len__(self) -> int:
     return sys.maxsize
 
   def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
     """(member of each position, rank of the position within its member) for block b."""
-    if b not in self._cache:
-      labels = np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
-      labels = np.random.default_rng([self.seed, b]).permutation(labels)
-      rank = np.empty(self.block, np.int64)
-      for m in range(len(self.counts)):
-        where = labels == m
-        rank[where] = np.arange(self.counts[m])
-      if len(self._cache) > 2:
-        self._cache.pop(next(iter(self._cache)))
-      self._cache[b] = (labels, rank)
-    return self._cache[b]
+    with self._lock:
+      if b not in self._cache:
+        labels = np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
+        labels = np.random.default_rng([self.seed, b]).permutation(labels)
+        rank = np.empty(self.block, np.int64)
+        for m in range(len(self.counts)):
+          rank[labels == m] = np.arange(self.counts[m])
+        if len(self._cache) > 2:  # readers span at most a block boundary
+          self._cache.pop(next(iter(self._cache)))
+        self._cache[b] = (labels, rank)
+      return self._cache[b]
 
   def __getitem__(self, step: int) -> tuple[int, int]:
     b, offset = divmod(step, self.block)

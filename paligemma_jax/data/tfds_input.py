@@ -91,8 +91,9 @@ def _built_here(source: TfdsSource) -> str:
   root = root.expanduser()
   if not root.is_dir():
     return f"; data_dir {root} does not exist"
-  built = sorted(str(info.parent.parent.relative_to(root))
-                 for info in root.glob("*/**/dataset_info.json"))
+  # name/version/ or name/config/version/ only: a recursive glob would walk downloads/.
+  infos = [*root.glob("*/*/dataset_info.json"), *root.glob("*/*/*/dataset_info.json")]
+  built = sorted({str(info.parent.parent.relative_to(root)) for info in infos})
   return f"; data_dir {root} holds {', '.join(built) or 'no built dataset'}"
 
 
