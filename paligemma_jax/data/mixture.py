@@ -10,7 +10,7 @@ Per member (a split of `n` examples), for process `p` of `P`:
 
 The members are then interleaved by `MixtureMap`: steps come in blocks of `block` positions; each
 block holds exactly `round(w_m * block)` positions of member m (largest remainders) in a random
-order drawn from (seed, block). Proportions are therefore exact per block and random within it,
+order drawn from (seed, process, block). Proportions are therefore exact per block and random within it,
 and the number of examples member m has given before step i is known in closed form
 (`drawn_before`). big_vision samples each step independently (`sample_from_datasets`); the
 proportions are the same in expectation.
@@ -51,7 +51,8 @@ def block_counts(weights: Sequence[float], block: int) -> np.ndarray:
 class MixtureMap(grain.transforms.DatasetSelectionMap):
   """Step -> (member, position in that member's stream); infinite; see the module docstring."""
 
-  def __init__(self, weights: Sequence[float], seed: int, block: int) -> None:
+  def __init__(self, weights: Sequence[float], seed: int, block: int, process_index: int = 0
+               ) -> None:
     if block <= 0:
       raise ValueError(f"mixture block must be > 0, got {block}")
     self.counts = block_counts(weights, block)
@@ -61,6 +62,7 @@ class MixtureMap(grain.transforms.DatasetSelectionMap):
                        "the block size or the member's weight")
     self.block = block
     self.seed = seed
+    self.process_index = process_index  # each process its own order: global batches average
     self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._lock = threading.Lock()  # Grain's reader threads look steps up concurrently
 
@@ -78,7 +80,8 @@ class MixtureMap(grain.transforms.DatasetSelectionMap):
     with self._lock:
       if b not in self._cache:
         labels = np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
-        labels = np.random.default_rng([self.seed, b]).permutation(labels)
+        rng = np.random.default_rng([self.seed, self.process_index, b])
+        labels = rng.permutation(labels)
         rank = np.empty(self.block, np.int64)
         for m in range(len(self.counts)):
           rank[labels == m] = np.arange(self.counts[m])
@@ -123,5 +126,5 @@ def mixed_stream(sizes: Sequence[int], weights: Sequence[float], seed: int, shuf
   """The interleaved `Element` stream of all members, and the map that interleaves them."""
   streams = [member_stream(n, m, seed, shuffle, process_index, process_count)
              for m, n in enumerate(sizes)]
-  selection = MixtureMap(weights, seed, block)
+  selection = MixtureMap(weights, seed, block, process_index)
   return grain.MapDataset.select_from_datasets(streams, selection), selection
