@@ -24,3 +24,4 @@ from paligemma_jax.evaluation.qa_metrics import (
     pope, pope_from_stats, pope_stats,
     scienceqa_accuracy, scienceqa_accuracy_from_stats, scienceqa_accuracy_stats,
     tallyqa_accuracy, tallyqa_accuracy_from_stats, tallyqa_accuracy_stats)
+from paligemma_jax.evaluation.bleu import bleu, bleu_from_stats, bleu_stats
