@@ -1,6 +1,6 @@
-"""Text metrics: every worked example of evaluators.md (§1-§4, §6-§9), BLEU against pycocoevalcap,
-edge cases (empty prediction, unicode, number words, punctuation and articles), one-line errors,
-and the two-process property: stats of two halves merged equal the stats of the whole.
+"""Text metrics: every worked example of evaluators.md (§1-§4, §6-§9), BLEU against
+pycocoevalcap, edge cases (empty prediction, unicode, number words, punctuation and articles),
+one-line errors, and the two-process property: merged stats of two halves equal the whole's.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from paligemma_jax import evaluation as ev
 
-# --- the stats convention -------------------------------------------------------------------------
+# --- the stats convention ------------------------------------------------------------------------
 
 
 def test_merge_sums_keys_and_treats_missing_as_zero():
@@ -23,7 +23,7 @@ def test_merge_sums_keys_and_treats_missing_as_zero():
   assert ev.mean({"acc": 0, "num": 0}, "acc", "num") == {}
 
 
-# --- §2 ANLS --------------------------------------------------------------------------------------
+# --- §2 ANLS -------------------------------------------------------------------------------------
 
 ANLS_TABLE = [
     ("hello world", "hello word", 1 - 1 / 11),
@@ -58,7 +58,7 @@ def test_anls_lower_casing_unicode_and_empty_prediction():
   assert ev.levenshtein("kitten", "sitting") == 3
 
 
-# --- §1 plain VQA accuracy -------------------------------------------------------------------------
+# --- §1 plain VQA accuracy -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("pred,gts,to_lower,acc,acc_any,anls", [
     ("yes", ["yes"] * 2 + ["no"] * 8, False, 2 / 3, 1.0, 1.0),
@@ -82,7 +82,7 @@ def test_vqa_no_leave_one_out_and_empty_prediction():
   assert out["acc"] == pytest.approx(1 / 3) and out["anls"] == 1.0
 
 
-# --- §3 VQAv2 official accuracy -------------------------------------------------------------------
+# --- §3 VQAv2 official accuracy ------------------------------------------------------------------
 
 @pytest.mark.parametrize("pred,gts,expected", [
     ("2", ["two", "two", "2"] + ["3"] * 7, 0.9),  # "two" -> "2": three matches
@@ -100,7 +100,8 @@ def test_vqav2_worked_examples(pred, gts, expected):
   assert ev.vqav2_accuracy([pred], [gts])["acc"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("n,expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
+@pytest.mark.parametrize("n,expected",
+                         [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
 def test_vqav2_leave_one_out_by_number_of_matches(n, expected):
   gts = ["x"] * n + ["y"] * (10 - n)
   assert ev.vqav2_example_accuracy("x", gts) == pytest.approx(expected)
@@ -140,7 +141,7 @@ def test_vqav2_answer_types():
     ev.vqav2_accuracy(["x"], [["x"] * 10], ["color"])
 
 
-# --- §4 ChartQA -----------------------------------------------------------------------------------
+# --- §4 ChartQA ----------------------------------------------------------------------------------
 
 CHARTQA_TABLE = [  # GT, pred, relaxed, exact
     ("12.5", "13", True, False), ("12.5", "13.2", False, False), ("100", "95", True, False),
@@ -167,7 +168,7 @@ def test_chartqa_table_totals_lower_casing_and_empty_prediction():
   assert ev.chartqa_accuracy(["twelve"], ["12"])["relaxed_acc"] == 0.0  # no number words
 
 
-# --- exact match ----------------------------------------------------------------------------------
+# --- exact match ---------------------------------------------------------------------------------
 
 def test_exact_match_with_and_without_lower_casing():
   preds, refs = ["Paris", "rome", "", "Köln"], ["paris", ["Milan", "rome"], "", "köln"]
@@ -176,7 +177,7 @@ def test_exact_match_with_and_without_lower_casing():
   assert ev.exact_match(["paris "], ["paris"])["exact_match"] == 0.0  # no stripping
 
 
-# --- §6 RSVQA -------------------------------------------------------------------------------------
+# --- §6 RSVQA ------------------------------------------------------------------------------------
 
 def test_rsvqa_worked_example():
   out = ev.rsvqa_accuracy(["yes", "yes", "yes", "urban"], [["yes"], ["no"], ["yes"], ["rural"]],
@@ -196,7 +197,7 @@ def test_rsvqa_hr_only_and_lower_casing():
   assert ev.rsvqa_accuracy(["Yes"], [["yes"]], ["comp"], to_lower=False)["acc_any"] == 0.0
 
 
-# --- §7 ScienceQA ---------------------------------------------------------------------------------
+# --- §7 ScienceQA --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pred,acc,parsefail", [
     ("The answer is B.", 1.0, 0.0), ("the answer is c. Because…", 0.0, 0.0),
@@ -216,7 +217,7 @@ def test_scienceqa_totals_and_quirks():
   assert ev.scienceqa_accuracy([" The answer is A."], ["The answer is A."])["acc"] == 0.0
 
 
-# --- §8 TallyQA -----------------------------------------------------------------------------------
+# --- §8 TallyQA ----------------------------------------------------------------------------------
 
 def test_tallyqa_worked_example():
   out = ev.tallyqa_accuracy(["two", "3", "Four", "2 "], ["2", "3", "4", "2"])
@@ -231,10 +232,11 @@ def test_tallyqa_simple_complex_split():
   assert out["acc/simple"] == 1.0 and out["num/simple"] == 2.0
   assert out["acc/complex"] == 0.5 and out["num/complex"] == 2.0
   assert out["acc"] == 0.8 and out["acc/count_20"] == 1.0  # -1: neither simple nor complex
-  assert ev.tallyqa_accuracy(["NONE", "Zero", ""], ["0", "zero", "0"])["acc"] == pytest.approx(2 / 3)
+  out = ev.tallyqa_accuracy(["NONE", "Zero", ""], ["0", "zero", "0"])
+  assert out["acc"] == pytest.approx(2 / 3)
 
 
-# --- §9 POPE --------------------------------------------------------------------------------------
+# --- §9 POPE -------------------------------------------------------------------------------------
 
 def test_pope_worked_example_and_classification_metrics():
   out = ev.pope(["Yes", "no", "yes.", "No"], ["yes", "no", "yes", "yes"])
@@ -253,7 +255,7 @@ def test_pope_undefined_precision_is_left_out():
     ev.pope(["yes"], ["Yes"])
 
 
-# --- BLEU (SciCap) --------------------------------------------------------------------------------
+# --- BLEU (SciCap) -------------------------------------------------------------------------------
 
 def test_bleu_hand_example_with_brevity_penalty():
   out = ev.bleu(["the cat"], [["the cat sat"]], tokenize=False)
@@ -265,9 +267,11 @@ def test_bleu_hand_example_with_brevity_penalty():
 
 
 def test_bleu_clipping_closest_reference_and_perfect_match():
-  # "the the the": clipped to the reference's two "the"; closest length 3 (of 2 and 5; tie -> shorter).
+  # "the the the": clipped to two "the"; the closest reference length is 2 (of 2 and 5): no penalty.
   out = ev.bleu(["the the the"], [["the the", "the cat on the mat"]], tokenize=False)
   assert out["bleu-1"] == pytest.approx(2 / 3)
+  # 3 words between references of 2 and 4: a tie, the shorter counts (with 4, BP = 0.7165).
+  assert ev.bleu(["a b c"], [["a b", "a b c d"]], tokenize=False)["bleu-1"] == pytest.approx(1.0)
   assert ev.bleu(["a b c d e"], [["a b c d e"]], tokenize=False)["bleu-4"] == pytest.approx(1.0)
   assert ev.bleu([""], [["a b c d"]], tokenize=False)["bleu-4"] == 0.0
 
@@ -290,7 +294,7 @@ def test_bleu_tokenises_like_ptb_by_default():
   assert ev.bleu(["A Dog, running!"], [["a dog running ."]], tokenize=False)["bleu-1"] < 0.5
 
 
-# --- bad input ------------------------------------------------------------------------------------
+# --- bad input -----------------------------------------------------------------------------------
 
 def _call(name, preds, refs):
   extra = {"rsvqa_accuracy": (["comp"] * len(preds),)}.get(name, ())
@@ -338,7 +342,7 @@ def test_other_bad_input():
     ev.tallyqa_accuracy(["1"], ["1"], issimple=[])
 
 
-# --- two processes give the metrics of one ---------------------------------------------------------
+# --- two processes give the metrics of one -------------------------------------------------------
 
 PREDS = ["yes", "Two", "the dog.", "", "13", "The answer is B.", "no", "café", "1,000", "black"]
 MULTI = [["yes"] * 10, ["2"] * 4 + ["3"] * 6, ["dog"] * 9 + ["dogs"], ["", "a", "b"],
@@ -347,9 +351,10 @@ SINGLE = ["yes", "2", "dog", "0", "12.5", "The answer is B.", "no", "café", "10
 QTYPES = ["comp", "count", "presence", "rural_urban", "area"] * 2
 ISSIMPLE = [1, 0, -1, 1, 0, 1, 0, 1, 0, 1]
 POPE_REFS = ["yes", "no"] * 5
+ANSWER_TYPES = ["yes/no", "number", "other"] * 3 + ["other"]
 CASES = {
     "vqa_accuracy": (PREDS, MULTI, {}),
-    "vqav2_accuracy": (PREDS, MULTI, {"answer_types": ["yes/no", "number", "other"] * 3 + ["other"]}),
+    "vqav2_accuracy": (PREDS, MULTI, {"answer_types": ANSWER_TYPES}),
     "anls": (PREDS, MULTI, {}),
     "exact_match": (PREDS, SINGLE, {"to_lower": True}),
     "rsvqa_accuracy": (PREDS, MULTI, {"question_types": QTYPES}),

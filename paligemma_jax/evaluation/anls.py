@@ -46,7 +46,7 @@ def best_anls(references: Sequence[str], prediction: str,
 
 def anls_stats(predictions: Sequence[str], references: Sequence[str | Sequence[str]], *,
                to_lower: bool = False, threshold: float = ANLS_THRESHOLD) -> Stats:
-  """`{"anls": Σ per-example ANLS, "num": #examples}`. A reference is a string or a list of them."""
+  """`{"anls": Σ per-example ANLS, "num": #examples}`; a reference is a string or a list."""
   check_pairs("anls", predictions, references)
   check_strings("anls", "predictions", predictions)
   refs = check_answer_lists("anls", references)

@@ -35,7 +35,7 @@ def _means(stats: Mapping[str, float], keys: Sequence[str]) -> dict[str, float]:
   return {**out, "num": stats.get("num", 0.0)}
 
 
-# --- exact match ----------------------------------------------------------------------------------
+# --- exact match ---------------------------------------------------------------------------------
 
 def exact_match_stats(predictions: Sequence[str], references: Sequence[str | Sequence[str]], *,
                       to_lower: bool = False) -> Stats:
@@ -57,7 +57,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[str | Sequence[
   return exact_match_from_stats(exact_match_stats(predictions, references, to_lower=to_lower))
 
 
-# --- ChartQA --------------------------------------------------------------------------------------
+# --- ChartQA -------------------------------------------------------------------------------------
 
 def _chartqa_float(text: str) -> float | None:
   """Python `float()` of the text; a trailing `%` is stripped and the value divided by 100."""
@@ -101,7 +101,7 @@ def chartqa_accuracy(predictions: Sequence[str], references: Sequence[str], *,
       chartqa_accuracy_stats(predictions, references, to_lower=to_lower))
 
 
-# --- TallyQA / CountBenchQA -----------------------------------------------------------------------
+# --- TallyQA / CountBenchQA ----------------------------------------------------------------------
 
 def tally_numeral(text: str) -> str:
   """"Four" -> "4" (whole string, up to twenty); anything else unchanged (case and spaces kept)."""
@@ -143,7 +143,7 @@ def tallyqa_accuracy(predictions: Sequence[str], references: Sequence[str],
   return tallyqa_accuracy_from_stats(tallyqa_accuracy_stats(predictions, references, issimple))
 
 
-# --- ScienceQA ------------------------------------------------------------------------------------
+# --- ScienceQA -----------------------------------------------------------------------------------
 
 def scienceqa_letter(text: str) -> str:
   """The letter of "The answer is B." at the start of the lower-cased text, else "failed"."""
@@ -172,7 +172,7 @@ def scienceqa_accuracy(predictions: Sequence[str], references: Sequence[str]) ->
   return scienceqa_accuracy_from_stats(scienceqa_accuracy_stats(predictions, references))
 
 
-# --- POPE -----------------------------------------------------------------------------------------
+# --- POPE ----------------------------------------------------------------------------------------
 
 def pope_stats(predictions: Sequence[str], references: Sequence[str]) -> Stats:
   """Counts over lower-cased predictions and yes/no references: `acc` (equal), `valid` (the

@@ -15,8 +15,8 @@ An evaluator running on several processes calls `<metric>_stats` on its own exam
 stats across processes (`merge` on host, or `jax` collectives on a vector of the sorted keys) and
 calls `<metric>_from_stats` once: a mean of per-process means is never taken.
 
-Key names: a sum is named after the metric it feeds (`"acc"`, `"anls"`), its count `"num"`; sub-groups
-add a suffix (`"acc/yesno"`, `"num/yesno"`). Counts are floats, like every value.
+Key names: a sum is named after the metric it feeds (`"acc"`, `"anls"`), its count `"num"`;
+sub-groups add a suffix (`"acc/yesno"`, `"num/yesno"`). Counts are floats, like every value.
 """
 
 from __future__ import annotations

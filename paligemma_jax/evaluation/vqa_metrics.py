@@ -113,7 +113,7 @@ def vqav2_accuracy_from_stats(stats: Mapping[str, float]) -> dict[str, float]:
 
 def vqav2_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]],
                    answer_types: Sequence[str] | None = None) -> dict[str, float]:
-  """Official VQAv2 / TextVQA accuracy (evaluators.md §3); TextVQA passes "other" for every type."""
+  """Official VQAv2 / TextVQA accuracy (evaluators.md §3); TextVQA passes "other" as types."""
   return vqav2_accuracy_from_stats(vqav2_accuracy_stats(predictions, references, answer_types))
 
 
@@ -154,6 +154,6 @@ def rsvqa_accuracy_from_stats(stats: Mapping[str, float]) -> dict[str, float]:
 
 def rsvqa_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
                    question_types: Sequence[str], *, to_lower: bool = True) -> dict[str, float]:
-  """RSVQA (evaluators.md §6): plain VQA metrics plus exact-match-any accuracy per question type."""
+  """RSVQA (evaluators.md §6): plain VQA metrics plus exact-match-any per question type."""
   return rsvqa_accuracy_from_stats(
       rsvqa_accuracy_stats(predictions, references, question_types, to_lower=to_lower))

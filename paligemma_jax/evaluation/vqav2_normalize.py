@@ -1,4 +1,4 @@
-"""Answer normalisation of the official VQAv2 accuracy, as big_vision's `vqav2` evaluator applies it.
+"""Answer normalisation of the official VQAv2 accuracy, as big_vision's `vqav2` evaluator does.
 
 `strip_space` is applied to every prediction and reference; `normalize_vqav2_answer` only when an
 example's references disagree (see `vqa_metrics.vqav2_accuracy`). The quirks of the official script
