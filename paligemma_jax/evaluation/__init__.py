@@ -25,3 +25,13 @@ from paligemma_jax.evaluation.qa_metrics import (
     scienceqa_accuracy, scienceqa_accuracy_from_stats, scienceqa_accuracy_stats,
     tallyqa_accuracy, tallyqa_accuracy_from_stats, tallyqa_accuracy_stats)
 from paligemma_jax.evaluation.bleu import bleu, bleu_from_stats, bleu_stats
+from paligemma_jax.evaluation.ptb_tokenizer import ptb_tokenize
+from paligemma_jax.evaluation.cider import cider, cider_from_stats, cider_scores, cider_stats
+from paligemma_jax.evaluation.box_accuracy import (
+    box_accuracy, box_accuracy_from_stats, box_accuracy_stats, box_iou, parse_leading_object)
+from paligemma_jax.evaluation.segmentation_miou import (
+    mask_iou, mask_miou, mask_miou_from_stats, mask_miou_stats, refcoco_pred_masks,
+    refcoco_segmentation, refcoco_segmentation_from_stats, refcoco_segmentation_stats)
+from paligemma_jax.evaluation.detection_map import (
+    detection_map, detection_map_from_stats, detection_map_stats, detections_from_text)
+from paligemma_jax.evaluation.perplexity import perplexity, perplexity_from_stats, perplexity_stats
