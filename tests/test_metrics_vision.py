@@ -133,6 +133,15 @@ def test_ptb_tokenize_matches_java_ptb_tokenizer():
   texts = [text for text, _ in PTB_CASES if text.strip()]
   java = ptb.PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
   assert [ptb_tokenize(t) for t in texts] == [java[i][0] for i in range(len(texts))]
+  # End to end, as big_vision scores: Java PTBTokenizer on both sides, then Cider.
+  from pycocoevalcap.cider.cider import Cider
+  hyps = ["A dog, running on grass.", "A cat (grey) on a sofa!", "Two men's hats."]
+  refs = [["A dog runs on the grass.", "A brown dog running on grass"],
+          ["A cat sleeps on a sofa.", "A cat is sleeping on the couch."],
+          ["The men's hats.", "Two hats, on a table."]]
+  res = ptb.PTBTokenizer().tokenize({i: [{"caption": h}] for i, h in enumerate(hyps)})
+  gts = ptb.PTBTokenizer().tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
+  assert cider(hyps, refs)["cider"] == pytest.approx(Cider().compute_score(gts, res)[0], rel=1e-9)
 
 
 def test_cider_bad_input():
@@ -301,7 +310,6 @@ GT_IMAGES = [[CAT], [((0, 0, 100, 80), "dog"), ((60, 60, 100, 100), "cat")]]
 
 
 def test_detection_map_perfect_predictions():
-  pytest.importorskip("pycocotools")
   result = detection_map(GT_IMAGES, GT_IMAGES)
   assert result["map"] == result["map_50"] == result["map_75"] == result["mar_100"] == 1.0
   assert result["num"] == 2.0
@@ -309,7 +317,6 @@ def test_detection_map_perfect_predictions():
 
 
 def test_detection_map_false_positive_ranked_first_halves_precision():
-  pytest.importorskip("pycocotools")
   # Scores: FP 0.9 then TP 0.8. Precision 0 at recall 0, 1/2 at recall 1; COCO's interpolated
   # precision is 1/2 at all 101 recall points: AP = 0.5 at every IoU threshold.
   preds = [[((200, 200, 260, 260), "cat", 0.9), (CAT[0], "cat", 0.8)]]
@@ -319,7 +326,6 @@ def test_detection_map_false_positive_ranked_first_halves_precision():
 
 
 def test_detection_map_false_positive_between_two_hits():
-  pytest.importorskip("pycocotools")
   # TP (0.9), FP (0.8), TP (0.7) on 2 GT: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1.
   # Interpolated: 1 for the 51 recall points <= 0.5, 2/3 for the 50 above: AP = (51 + 100/3) / 101.
   gts = [[CAT, ((60, 60, 100, 100), "cat")]]
@@ -329,7 +335,6 @@ def test_detection_map_false_positive_between_two_hits():
 
 
 def test_detection_map_unknown_labels_images_without_gt_and_merge():
-  pytest.importorskip("pycocotools")
   # A label no GT object has is not evaluated; a box on an image without GT is a false positive.
   preds = [[CAT + (1.0,), ((0, 0, 9, 9), "zebra", 1.0)], [], [((0, 0, 90, 90), "cat", 0.95)]]
   gts = [[CAT], [((5, 5, 40, 40), "cat")], []]

@@ -34,6 +34,7 @@ import collections
 import json
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from paligemma_jax.evaluation.checks import check_answer_lists, check_pairs, check_strings
 from paligemma_jax.evaluation.ptb_tokenizer import ptb_tokenize
@@ -125,11 +126,11 @@ def ngram_counts(sentence: str) -> NgramCounts:
                              for i in range(len(words) - n + 1))
 
 
-class _Vector:
+class _Vector(NamedTuple):
   """A sentence's tf-idf weights split by n-gram length, their norms, and its bigram count."""
-
-  def __init__(self, weights: list[dict], norms: list[float], length: int):
-    self.weights, self.norms, self.length = weights, norms, length
+  weights: list[dict]
+  norms: list[float]
+  length: int
 
 
 def _tfidf(counts: NgramCounts, df: Mapping, log_m: float) -> _Vector:
