@@ -7,7 +7,12 @@ schedule, freezing) from typed configs.
 
 from paligemma_jax.training.loss import (ShiftedText, bv_loss, hf_loss, shift_for_loss,
                                          token_losses)
+from paligemma_jax.training.optimizer import (WD_PATTERN, OptimizerConfig, ScheduleConfig,
+                                              frozen_mask, learning_rate, make_optimizer,
+                                              make_schedule, optimizer_step, param_paths)
 
 __all__ = [
     "ShiftedText", "bv_loss", "hf_loss", "shift_for_loss", "token_losses",
+    "WD_PATTERN", "OptimizerConfig", "ScheduleConfig", "frozen_mask", "learning_rate",
+    "make_optimizer", "make_schedule", "optimizer_step", "param_paths",
 ]
