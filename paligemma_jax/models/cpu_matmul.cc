@@ -31,7 +31,7 @@
 #include <thread>
 #include <vector>
 
-#include "cpu_pool.h"
+#include "cpu_kernels.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -185,14 +185,6 @@ void NTAll(const float* x, int64_t M, int64_t C, const uint16_t* w, float* y, in
   }
 }
 
-// Whether w holds whole layers of `size` elements and `layer` is one of them. w comes in its own
-// shape (the output's shape says how to read it): reshaping a stack in the graph made XLA copy it
-// when a decode loop took it as an operand.
-bool InStack(const ffi::Buffer<ffi::BF16>& w, int64_t layer, int64_t size) {
-  const int64_t n = static_cast<int64_t>(w.element_count());
-  return size > 0 && n % size == 0 && layer >= 0 && layer < n / size;
-}
-
 ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
                     ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
@@ -201,33 +193,10 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
     return ffi::Error::InvalidArgument("PgMatmulNN wants x[M, C], w[layers, L, C, F], y[M, L, F]");
   }
   const int64_t M = xd[0], C = xd[1], L = yd[1], F = yd[2];
-  const float* xp = x.typed_data();
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * L * C * F;
-  float* yp = y->typed_data();
-  // The contraction is split into up to 8 pieces, each streaming whole rows of w (a contiguous
-  // run of memory, which the hardware prefetchers follow best) into its own partial sums of y;
-  // the partials are added in piece order, so results do not depend on which thread ran what.
-  // Splitting output columns instead left narrow outputs (down projection: 2048 of them) with
-  // short runs per row: measured 13-15 GB/s, against ~30 for whole rows.
-  const int64_t rows = L * C, size = M * L * F;
-  const int64_t pieces = std::clamp<int64_t>(rows * F / (1 << 18), 1, 8);  // >= 512 KB each
-  const int64_t per = (rows + pieces - 1) / pieces;
-  std::vector<float> partial(static_cast<size_t>(pieces) * size, 0.0f);
-  Parallel(pieces, 1, static_cast<int>(threads), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* out = partial.data() + p * size;
-      const int64_t lo = p * per, hi = std::min(rows, lo + per);
-      for (int64_t l = lo / C; l * C < hi; ++l) {  // the piece's part of matrix l
-        const int64_t c0 = std::max(lo - l * C, int64_t{0}), c1 = std::min(hi - l * C, C);
-        NNRows(xp + c0, C, M, c1 - c0, wp + (l * C + c0) * F, F, out + l * F, L * F, 0, F);
-      }
-    }
-  });
-  std::memcpy(yp, partial.data(), size * sizeof(float));
-  for (int64_t p = 1; p < pieces; ++p) {
-    const float* part = partial.data() + p * size;
-    for (int64_t i = 0; i < size; ++i) yp[i] += part[i];
-  }
+  SplitContraction(x.typed_data(), M, C, L, F, wp, y->typed_data(), static_cast<int>(threads), 1,
+                   [](const float* x, int64_t xs, int64_t m, int64_t c, const uint16_t* w,
+                      int64_t f, float* y, int64_t ys) { NNRows(x, xs, m, c, w, f, y, ys, 0, f); });
   return ffi::Error::Success();
 }
 

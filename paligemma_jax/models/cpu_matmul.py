@@ -70,7 +70,7 @@ def _build(library: _Library) -> pathlib.Path:
   temporary directory.
   """
   source = _HERE / library.source
-  digest = hashlib.sha256(source.read_bytes() + (_HERE / "cpu_pool.h").read_bytes()
+  digest = hashlib.sha256(source.read_bytes() + (_HERE / "cpu_kernels.h").read_bytes()
                           + " ".join(library.flags).encode() + jax.__version__.encode())
   stem = source.stem
   for cache in cpu_path.cache_dirs():

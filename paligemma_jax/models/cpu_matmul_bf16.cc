@@ -21,7 +21,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_pool.h"
+#include "cpu_kernels.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -191,11 +191,6 @@ void NTAll(const uint16_t* x, int64_t M, int64_t C, const uint16_t* w, float* y,
   }
 }
 
-bool InStack(const ffi::Buffer<ffi::BF16>& w, int64_t layer, int64_t size) {
-  const int64_t n = static_cast<int64_t>(w.element_count());
-  return size > 0 && n % size == 0 && layer >= 0 && layer < n / size;
-}
-
 ffi::Error MatmulNN(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
                     ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
@@ -207,28 +202,8 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
   const int64_t M = xd[0], C = xd[1], L = yd[1], F = yd[2];
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * L * C * F;
-  // As cpu_matmul.cc: the contraction in up to 8 pieces of whole weight rows (even-sized, so
-  // that pairs stay inside a piece), partial sums added in piece order.
-  const int64_t rows = L * C, size = M * L * F;
-  const int64_t pieces = std::clamp<int64_t>(rows * F / (1 << 18), 1, 8);
-  const int64_t per = ((rows + pieces - 1) / pieces + 1) / 2 * 2;
-  std::vector<float> partial(static_cast<size_t>(pieces) * size, 0.0f);
-  Parallel(pieces, 1, static_cast<int>(threads), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* out = partial.data() + p * size;
-      const int64_t lo = p * per, hi = std::min(rows, lo + per);
-      for (int64_t l = lo / C; l * C < hi; ++l) {
-        const int64_t c0 = std::max(lo - l * C, int64_t{0}), c1 = std::min(hi - l * C, C);
-        if (c1 > c0) NNRows(xp + c0, C, M, c1 - c0, wp + (l * C + c0) * F, F, out + l * F, L * F);
-      }
-    }
-  });
-  float* yp = y->typed_data();
-  std::memcpy(yp, partial.data(), size * sizeof(float));
-  for (int64_t p = 1; p < pieces; ++p) {
-    const float* part = partial.data() + p * size;
-    for (int64_t i = 0; i < size; ++i) yp[i] += part[i];
-  }
+  // Pieces of an even number of rows, so that a weight-row pair never spans two pieces.
+  SplitContraction(xp, M, C, L, F, wp, y->typed_data(), static_cast<int>(threads), 2, NNRows);
   return ffi::Error::Success();
 }
 
