@@ -139,3 +139,23 @@ def test_bad_arguments_fail(kw):
   hidden, embedding, targets = _random_problem()
   with pytest.raises(ValueError):
     token_losses(hidden, embedding, targets, **kw)
+
+
+def test_sharded_inputs_give_the_same_losses_and_gradients():
+  """The embedding sharded over its rows (as FSDP shards the largest dim) and the hidden states
+  over the batch: the chunk slices cross shard boundaries, and the results must not change."""
+  devices = np.array(jax.devices()[:4])
+  if devices.size < 4:
+    pytest.skip("needs 4 devices (conftest asks XLA for 8 CPU devices)")
+  mesh = jax.sharding.Mesh(devices.reshape(2, 2), ("data", "fsdp"))
+  named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  hidden, embedding, targets = _random_problem(vocab=64, batch=4)
+
+  def objective(h, e):
+    return token_losses(h, e, targets, label_smoothing=0.1, chunk=12).sum()
+
+  fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
+  want = fn(hidden, embedding)
+  got = fn(jax.device_put(hidden, named("data")), jax.device_put(embedding, named("fsdp")))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, atol=1e-5)
