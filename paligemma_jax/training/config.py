@@ -1,0 +1,289 @@
+"""The one boundary where a training config (ml_collections ConfigDict or plain dict) becomes typed
+frozen dataclasses: `parse_train_config(config) -> TrainConfig`, then `validate(cfg, devices)`.
+
+A config file (configs/*.py, `get_config(arg=None)`) has this shape:
+
+    model: {variant, vision: {...}, text: {...}, image_token_id, dtype, remat, llm_dropout}
+        variant: a name of models.VARIANTS, or "" for a custom size given by vision/text
+        vision / text: SigLIPConfig / GemmaConfig fields that override the variant's (or the
+            defaults'); text.vocab_size / image_token_id of 0 / -1 = "from the tokenizer"
+        dtype: compute dtype ("bfloat16"); params are always float32 masters
+    init: "random" or a checkpoint (Orbax params dir or HF folder)
+    tokenizer: the tokenizer.model (required)
+    image_method: "hf" or "big_vision" image preprocessing
+    input: {members: [...], batch_size, text_len, ...}  (data.InputConfig, global batch)
+    optimizer: {name, lr, wd, ..., schedule: {...}}   (training.OptimizerConfig)
+    total_steps | epochs: exactly one > 0
+    mesh: {data, fsdp, model}   (-1 = the devices left over)
+    micro_batches, label_smoothing, log_every, checkpoint_every, eval_every, keep_checkpoints,
+    seed, on_nonfinite ("skip" | "stop")
+
+Unknown keys, missing required values, wrong types and impossible combinations (a mesh that does
+not fit the devices, a batch that does not split) fail here with one line naming the fix, before
+any device work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from paligemma_jax.data.images import IMAGE_METHODS
+from paligemma_jax.data.input_config import InputConfig, input_config_from_dict
+from paligemma_jax.models import PaliGemmaConfig, get_variant
+from paligemma_jax.training.optimizer import OptimizerConfig
+
+ON_NONFINITE = ("skip", "stop")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """The `model` section: which architecture, in which compute dtype."""
+
+  variant: str = ""
+  vision: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  text: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  image_token_id: int = -1  # -1: the tokenizer's <image> id
+  dtype: str = "bfloat16"
+  remat: str = "none"
+  llm_dropout: float = 0.0
+
+  def __post_init__(self) -> None:
+    object.__setattr__(self, "vision", dict(self.vision))
+    object.__setattr__(self, "text", dict(self.text))
+    if self.llm_dropout:
+      # The model (models/gemma.py) has no dropout layers yet; refusing beats silently ignoring.
+      raise ValueError(f"config.model.llm_dropout={self.llm_dropout} is not supported yet (the "
+                       "Gemma blocks have no dropout); set it to 0.0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+  """The `mesh` section: (data, fsdp, model) sizes; one of them may be -1 (the rest)."""
+
+  data: int = -1
+  fsdp: int = 1
+  model: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole training config, typed. `model` is resolved into `model_config` by `model_config()`."""
+
+  tokenizer: str
+  input: InputConfig
+  optimizer: OptimizerConfig
+  model: ModelSettings = ModelSettings()
+  init: str = "random"
+  image_method: str = "hf"
+  total_steps: int = 0
+  epochs: float = 0.0
+  mesh: MeshSettings = MeshSettings()
+  micro_batches: int = 1
+  label_smoothing: float = 0.0
+  log_every: int = 10
+  checkpoint_every: int = 1000
+  eval_every: int = 0
+  keep_checkpoints: int = 3
+  seed: int = 0
+  on_nonfinite: str = "stop"
+
+  def __post_init__(self) -> None:
+    if not self.tokenizer:
+      raise ValueError("config.tokenizer is not set; pass --config.tokenizer=PATH/tokenizer.model")
+    if (self.total_steps > 0) == (self.epochs > 0):
+      raise ValueError(f"set exactly one of config.total_steps and config.epochs (> 0), got "
+                       f"total_steps={self.total_steps} epochs={self.epochs}")
+    if self.image_method not in IMAGE_METHODS:
+      raise ValueError(f"config.image_method {self.image_method!r} is unknown; use one of "
+                       f"{', '.join(IMAGE_METHODS)}")
+    if self.on_nonfinite not in ON_NONFINITE:
+      raise ValueError(f"config.on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
+                       f"{', '.join(ON_NONFINITE)}")
+    for name in ("micro_batches", "log_every", "keep_checkpoints"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"config.{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("checkpoint_every", "eval_every"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"config.{name} must be >= 0 (0 = never), got {getattr(self, name)}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"config.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    if self.input.batch_size % self.micro_batches:
+      raise ValueError(f"config.input.batch_size {self.input.batch_size} does not divide into "
+                       f"config.micro_batches={self.micro_batches}; use a divisor of the batch")
+
+  @property
+  def from_checkpoint(self) -> bool:
+    return self.init != "random"
+
+  def num_steps(self, examples_per_epoch: int) -> int:
+    """total_steps, or round(epochs * examples / batch) as big_vision's `steps`."""
+    if self.total_steps:
+      return self.total_steps
+    return max(1, round(self.epochs * examples_per_epoch / self.input.batch_size))
+
+
+def parse_train_config(config: Any) -> TrainConfig:
+  """Validates `config` (a ConfigDict or a nested dict) and returns it as `TrainConfig`.
+
+  Checks that need no devices and no data run here; `validate` adds the device checks.
+  """
+  values = config.to_dict() if hasattr(config, "to_dict") else config
+  if not isinstance(values, Mapping):
+    raise ValueError(f"a config must be a dict or ConfigDict, got {type(config).__name__}")
+  values = dict(values)
+  given: dict[str, Any] = {}
+  if "input" not in values:
+    raise ValueError("config.input is missing; add an input section (see data.InputConfig)")
+  try:
+    given["input"] = input_config_from_dict(values.pop("input"))
+  except ValueError as e:
+    raise ValueError(f"config.{e}" if str(e).startswith("input") else f"config.input: {e}"
+                     ) from None
+  return _build(TrainConfig, values, "config", given)
+
+
+def model_config(cfg: TrainConfig, vocab_size: int, image_token_id: int) -> PaliGemmaConfig:
+  """The model's config: variant + overrides, float32 params, the config's compute dtype.
+
+  `vocab_size` / `image_token_id` (the tokenizer's) fill `text.vocab_size` / `image_token_id`
+  left at 0 / -1. A checkpoint's own config is merged in by `state.py`, not here.
+  """
+  m = cfg.model
+  base = get_variant(m.variant) if m.variant else PaliGemmaConfig()
+  text = dict(m.text)
+  if not m.variant and not text.get("vocab_size"):
+    text["vocab_size"] = vocab_size + (-vocab_size % 64)  # padded as HF pads its rows
+  elif text.get("vocab_size") == 0:
+    text.pop("vocab_size")
+  overrides = {f"vision.{k}": v for k, v in m.vision.items()}
+  overrides |= {f"text.{k}": v for k, v in text.items()}
+  token_id = m.image_token_id if m.image_token_id >= 0 else image_token_id
+  if not m.variant or m.image_token_id >= 0:
+    overrides["image_token_id"] = token_id
+  try:
+    return base.replace(dtype=m.dtype, param_dtype="float32", remat=m.remat, **overrides)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.model: {e}") from None
+
+
+def validate(cfg: TrainConfig, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
+  """Checks paths, the mesh against the devices and the batch against the mesh; returns the
+  mesh sizes (data, fsdp, model) with -1 resolved."""
+  if not os.path.isfile(cfg.tokenizer):
+    raise ValueError(f"config.tokenizer {cfg.tokenizer} is not a file; pass the tokenizer.model")
+  if cfg.from_checkpoint and not os.path.isdir(cfg.init):
+    raise ValueError(f"config.init {cfg.init} is neither 'random' nor a checkpoint directory "
+                     "(Orbax params or an HF folder); convert npz files with convert_checkpoint.py")
+  for i, member in enumerate(cfg.input.members):
+    if member.jsonl and not os.path.isfile(os.path.expanduser(member.jsonl)):
+      raise ValueError(f"config.input.members[{i}].jsonl {member.jsonl} does not exist")
+  sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.model]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"config.mesh {tuple(sizes)}: sizes must be >= 1 with at most one -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes and num_devices % known == 0:
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"config.mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} "
+                     f"model={cfg.mesh.model} does not fit the {num_devices} devices; make the "
+                     f"product {num_devices} (or set one size to -1)")
+  split = sizes[0] * sizes[1]
+  micro = cfg.input.batch_size // cfg.micro_batches
+  if micro % split:
+    raise ValueError(f"a micro-batch of {micro} rows (input.batch_size {cfg.input.batch_size} / "
+                     f"micro_batches {cfg.micro_batches}) does not divide by the mesh's data x "
+                     f"fsdp = {split}; use a batch size that is a multiple of "
+                     f"{split * cfg.micro_batches}")
+  if cfg.input.batch_size % process_count:
+    raise ValueError(f"config.input.batch_size {cfg.input.batch_size} does not divide by the "
+                     f"{process_count} processes")
+  return sizes[0], sizes[1], sizes[2]
+
+
+# -- the generic dict -> dataclass builder -----------------------------------------------------
+
+def _build(cls: type, values: Any, where: str, given: Mapping[str, Any] | None = None) -> Any:
+  """`cls(**values)`, recursing into dataclass-typed fields, with one-line errors."""
+  if isinstance(values, cls):
+    return values
+  if not isinstance(values, Mapping):
+    raise ValueError(f"{where} must be a section (a dict), got {values!r}")
+  given = dict(given or {})
+  fields = dataclasses.fields(cls)
+  names = [f.name for f in fields]
+  for key in values:
+    if key not in names or key in given:
+      raise ValueError(f"unknown config key {where}.{key}; valid keys in {where}: "
+                       f"{', '.join(names)}")
+  hints = typing.get_type_hints(cls)
+  kwargs = dict(given)
+  for f in fields:
+    if f.name in given:
+      continue
+    if f.name not in values:
+      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        raise ValueError(f"{where}.{f.name} is missing; add it to the config")
+      continue
+    kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{where}.{f.name}")
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(message if message.startswith("config.") else f"{where}: {message}"
+                     ) from None
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+  """`value` checked against `hint`: scalars, unions, dataclasses, tuples and mappings."""
+  if dataclasses.is_dataclass(hint):
+    return _build(hint, value, path)
+  origin = typing.get_origin(hint)
+  if isinstance(hint, types.UnionType) or origin is typing.Union:
+    errors = []
+    for option in typing.get_args(hint):
+      try:
+        return _coerce(value, option, path)
+      except ValueError as e:
+        errors.append(e)
+    raise errors[-1]
+  if origin in (tuple, Sequence, list) or hint in (tuple, list):
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{path} must be a list, got {value!r}")
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if args and len(args) == len(value):
+      return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+  if origin in (dict, Mapping) or hint in (dict, Mapping):
+    if not isinstance(value, Mapping):
+      raise ValueError(f"{path} must be a section (a dict), got {value!r}")
+    return dict(value)
+  if hint is Any:
+    return tuple(value) if isinstance(value, list) else value
+  return _check_scalar(value, hint, path)
+
+
+def _check_scalar(value: Any, hint: Any, path: str) -> Any:
+  if hint is type(None) and value is None:
+    return value
+  if hint is bool and isinstance(value, bool):
+    return value
+  if hint is int and isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  if hint is str and isinstance(value, str):
+    return value
+  name = "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+  raise ValueError(f"{path} must be {name}, got {value!r}")
+
+
+__all__ = ["ModelSettings", "MeshSettings", "TrainConfig", "parse_train_config", "model_config",
+           "validate"]

@@ -1,0 +1,145 @@
+"""The train step: its loss is big_vision's, micro-batches accumulate to the full batch, frozen
+params stay bit-identical, non-finite updates are dropped, and any mesh gives the 1-device step.
+
+conftest.py gives this process 8 simulated CPU devices; single-device runs use a 1x1x1 mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from model_fixtures import PG2, make_batch, random_params
+from paligemma_jax import sharding as S
+from paligemma_jax.models import PaliGemma
+from paligemma_jax.training import state as state_lib
+from paligemma_jax.training import step as step_lib
+
+# f32 compute, no final softcap (transfers train without it), a window so both masks are used.
+CONFIG = PG2.replace(**{"text.final_logit_softcap": None, "text.sliding_window": 4})
+NUM_IMAGE = CONFIG.vision.num_patches
+
+
+def _batch(b=8, seed=0, pad=2):
+  batch = make_batch(CONFIG, batch=b, prefix_len=3, suffix_len=5, seed=seed)
+  batch["mask_loss"] = batch["mask_ar"].copy()
+  # Right padding on odd rows: pads are causal (mask_ar 1), invisible and unsupervised.
+  batch["input_mask"][1::2, -pad:] = False
+  batch["mask_loss"][1::2, -pad:] = 0
+  batch["tokens"][1::2, -pad:] = 0
+  return batch
+
+
+def _tx():
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3))
+
+
+def _run(mesh, params, batch, settings=step_lib.StepSettings(loss_start=NUM_IMAGE), tx=None,
+         trainable=None, steps=1, config=CONFIG):
+  tx = tx or _tx()
+  trainable = trainable or jax.tree.map(lambda _: True, params)
+  state = state_lib.state_from_params(config, tx, mesh, params, seed=0)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  step = step_lib.make_train_step(config, tx, lambda opt_state: 1e-2, trainable, settings, mesh,
+                                  shardings)
+  history = []
+  for _ in range(steps):
+    state, metrics = step(state, S.shard_batch(batch, mesh))
+    history.append(jax.device_get(metrics))
+  return state, history[-1] if steps == 1 else history
+
+
+def _one_device():
+  return S.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def test_loss_equals_a_direct_computation_from_full_logits():
+  params, batch = random_params(CONFIG), _batch()
+  _, metrics = _run(_one_device(), params, batch)
+
+  logits = PaliGemma(CONFIG).apply(params, batch["tokens"][:, :-1], batch["images"],
+                                   batch["input_mask"][:, :-1], batch["mask_ar"][:, :-1])
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  nll = -np.take_along_axis(np.asarray(logp), batch["tokens"][:, 1:, None], -1)[..., 0]
+  mask = batch["mask_loss"][:, 1:]
+  want = np.mean((nll * mask).sum(1) / mask.sum(1))
+  np.testing.assert_allclose(metrics["train_loss"], want, rtol=1e-5)
+  assert metrics["finite"] == 1.0
+  assert metrics["max_sup_seqlen"] == 5 and metrics["avg_sup_seqlen"] == 4.0
+  assert metrics["tokens"] == batch["input_mask"].sum()
+
+
+def test_scoring_every_position_equals_dropping_the_image_positions():
+  params, batch = random_params(CONFIG), _batch(b=2)
+  full = step_lib.batch_loss(CONFIG, params, batch, step_lib.StepSettings(loss_start=0))[0]
+  text = step_lib.batch_loss(CONFIG, params, batch, step_lib.StepSettings(loss_start=NUM_IMAGE,
+                                                                          vocab_chunk=50))[0]
+  np.testing.assert_allclose(full, text, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_micro_batches_accumulate_to_the_full_batch(k):
+  params, batch = random_params(CONFIG), _batch()
+  grad = jax.jit(lambda p, b, kk: step_lib.loss_and_grads(
+      CONFIG, p, b, step_lib.StepSettings(micro_batches=kk, loss_start=NUM_IMAGE)),
+      static_argnums=2)
+  loss1, _, g1 = grad(params, batch, 1)
+  lossk, _, gk = grad(params, batch, k)
+  np.testing.assert_allclose(lossk, loss1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(gk)):
+    np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_non_finite_update_is_dropped_but_the_step_counts():
+  params, batch = random_params(CONFIG), _batch()
+  batch["images"][0, 0, 0, 0, 0] = np.nan
+  state, metrics = _run(_one_device(), params, batch)
+  assert metrics["finite"] == 0.0 and not np.isfinite(metrics["train_loss"])
+  assert int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b))
+  # Adam's count did not move either: the schedule does not advance on a dropped step.
+  counts = [x for x in jax.tree.leaves(state.opt_state) if x.dtype == jnp.int32]
+  assert counts and all(int(c) == 0 for c in counts)
+
+
+def test_bf16_compute_keeps_float32_masters_and_learns():
+  config = CONFIG.replace(dtype="bfloat16")
+  params, batch = random_params(CONFIG), _batch()
+  state, history = _run(_one_device(), params, batch, config=config, steps=3)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def _sgd():
+  # SGD keeps the update linear in the gradient; Adam's first step is lr * sign(g), which turns
+  # 1e-9 differences in near-zero gradients into lr-sized ones.
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
+
+
+@functools.lru_cache(maxsize=1)
+def _one_device_step():
+  return _run(_one_device(), random_params(CONFIG), _batch(), tx=_sgd())
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)],
+                         ids=["8x1x1", "1x8x1", "2x2x2", "1x4x2"])
+def test_one_step_on_a_mesh_equals_one_device(shape):
+  want_state, want = _one_device_step()
+  mesh = S.make_mesh(*shape)
+  got_state, got = _run(mesh, random_params(CONFIG), _batch(), tx=_sgd())
+  np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(got["l2_grads"], want["l2_grads"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(want_state.params), jax.tree.leaves(got_state.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
+  # The optimizer state is sharded like the params it belongs to.
+  embedding = got_state.params["params"]["llm"]["embedding"].sharding
+  trace = got_state.opt_state[1][0].trace["params"]["llm"]["embedding"].sharding
+  assert trace.spec == embedding.spec
+  if shape[2] > 1:
+    assert "model" in str(embedding.spec)
