@@ -35,3 +35,10 @@ from paligemma_jax.evaluation.segmentation_miou import (
 from paligemma_jax.evaluation.detection_map import (
     detection_map, detection_map_from_stats, detection_map_stats, detections_from_text)
 from paligemma_jax.evaluation.perplexity import perplexity, perplexity_from_stats, perplexity_stats
+# Evaluators: the table, the config boundary, predict functions, the run loop, saved predictions.
+from paligemma_jax.evaluation.evaluators import EVALUATORS, Evaluator, get_evaluator
+from paligemma_jax.evaluation.eval_config import (Decoding, EvalConfig, EvalSpec, parse_eval_config,
+                                                  parse_evals)
+from paligemma_jax.evaluation.predict import PredictFn, ScoreFn, make_predict_fn
+from paligemma_jax.evaluation.run_evals import EvalResult, evaluate, run_eval
+from paligemma_jax.evaluation.saved_predictions import score_predictions

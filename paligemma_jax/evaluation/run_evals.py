@@ -1,0 +1,262 @@
+"""Running evaluations: rows -> batches -> predict function -> stats -> gathered metrics + files.
+
+The entry point for eval.py and for the trainer's periodic evaluation:
+
+    metrics = evaluate(parse_evals(config.evals), predict_fn_factory, processor,
+                       step=step, output_dir=f"{workdir}/evals", overwrite=True)
+    # {"cococap_val/cider": 1.38, "cococap_val/num": 5000.0, ...}
+
+`predict_fn_factory(decoding)` returns a predict function (or a score function for perplexity),
+e.g. `lambda d: make_predict_fn(model_config, params, processor, d)`. Evaluation never sees the
+trainer or the model.
+
+Per eval, each process reads its share of the split (`data.eval_input.eval_rows`), groups valid
+rows into batches of `batch_size` (the last one padded, `valid = False`), predicts, and turns its
+rows into prediction rows (id, prompt, prediction, references, fields). It computes its stats,
+then every process's stats and rows are gathered (`gather`, default `allgather_bytes` over
+`jax.experimental.multihost_utils.process_allgather`; 1 process: no communication) and merged
+with `stats.merge_all`: a key-wise sum, which is the exact sum for additive metrics and the
+multiset union for CIDEr and mAP. Every process then computes the same metrics; process 0
+writes `predictions.jsonl` (all processes' rows, then one {"id", "error"} row per example that
+could not be read) and `metrics.json` into `<output_dir>[/step_<step>]/<name>/`, each through a
+temporary file renamed at the end, only after the metrics were computed: a failure leaves no file.
+
+Examples that cannot be read are skipped and counted (`skipped`); an eval with no example at all,
+or a row the evaluator cannot score (no references, a missing field), is a one-line ValueError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from paligemma_jax.data.eval_input import eval_batches, eval_rows
+from paligemma_jax.data.processor import Processor
+from paligemma_jax.data.tasks import Row
+from paligemma_jax.evaluation.eval_config import EvalSpec
+from paligemma_jax.evaluation.evaluators import Evaluator, get_evaluator
+from paligemma_jax.evaluation.predict import PredictFnFactory
+from paligemma_jax.evaluation.stats import merge_all
+
+PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
+Gather = Callable[[bytes], list[bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """One eval's metrics (unprefixed), how many rows it scored and skipped, and its wall time."""
+
+  metrics: dict[str, float]
+  examples: int
+  skipped: int
+  seconds: float
+  folder: str = ""
+
+
+def evaluate(evals: Sequence[EvalSpec], predict_fn_factory: PredictFnFactory,
+             processor: Processor, *, step: int | None = None, output_dir: str = "",
+             overwrite: bool = False, **options: Any) -> dict[str, float]:
+  """Runs every eval; returns `{f"{eval.name}/{metric}": value}` (flat, the same on every
+  process). `output_dir` "" writes no files; `options` go to `run_eval` (process_index,
+  process_count, gather, progress)."""
+  out: dict[str, float] = {}
+  for spec in evals:
+    folder = eval_folder(output_dir, spec.name, step)
+    result = run_eval(spec, predict_fn_factory, processor, folder=folder, overwrite=overwrite,
+                      **options)
+    out.update({f"{spec.name}/{k}": v for k, v in result.metrics.items()})
+  return out
+
+
+def eval_folder(output_dir: str, name: str, step: int | None = None) -> str:
+  """`<output_dir>/<name>`, or `<output_dir>/step_<step>/<name>`; "" if no output_dir."""
+  if not output_dir:
+    return ""
+  return os.path.join(output_dir, *([] if step is None else [f"step_{step:08d}"]), name)
+
+
+def check_outputs(folder: str, overwrite: bool) -> None:
+  """One-line error when `folder` already holds outputs that may not be replaced."""
+  for name in (PREDICTIONS, METRICS):
+    path = os.path.join(folder, name)
+    if os.path.exists(path) and not overwrite:
+      raise FileExistsError(f"{path} exists; pass --overwrite (config.overwrite=True) to "
+                            "replace it")
+
+
+def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Processor, *,
+             folder: str = "", overwrite: bool = False, process_index: int | None = None,
+             process_count: int | None = None, gather: Gather | None = None,
+             progress: bool = True) -> EvalResult:
+  """One eval on this process's share of its split; see the module docstring."""
+  index, count, gather = _processes(process_index, process_count, gather)
+  evaluator = get_evaluator(spec.evaluator)
+  if folder:
+    check_outputs(folder, overwrite)
+  start = time.perf_counter()
+  try:
+    rows = eval_rows(spec.data, process_index=index, process_count=count)
+  except ValueError as e:
+    raise ValueError(f"eval {spec.name!r}: {e}") from None
+  predict = predict_fn_factory(spec.decoding)
+  local: list[dict[str, Any]] = []
+  errors: list[dict[str, Any]] = []
+  with tqdm.tqdm(desc=spec.name, unit="ex", disable=not progress or index != 0) as bar:
+    for group in row_groups(rows, spec, evaluator, errors):
+      local += _predict_group(spec, evaluator, predict, processor, group)
+      bar.update(len(group))
+  try:
+    stats = evaluator.stats(local, **spec.options) if local else {}
+  except ValueError as e:  # "example i" counts this process's scored rows from 0
+    raise ValueError(f"eval {spec.name!r}: {e}") from None
+  parts = [json.loads(p) for p in gather(json.dumps(
+      {"stats": stats, "rows": [_jsonable(r) for r in local], "errors": errors}).encode())]
+  rows_all = [r for p in parts for r in p["rows"]]
+  errors_all = [e for p in parts for e in p["errors"]]
+  if not rows_all:
+    why = f"all {len(errors_all)} rows could not be read, e.g. {errors_all[0]['error']}" \
+        if errors_all else "the split is empty"
+    raise ValueError(f"eval {spec.name!r}: no examples to evaluate ({why})")
+  try:
+    metrics = evaluator.from_stats(merge_all(p["stats"] for p in parts))
+  except ValueError as e:
+    raise ValueError(f"eval {spec.name!r}: {e}") from None
+  metrics["skipped"] = float(len(errors_all))
+  if folder and index == 0:
+    write_outputs(folder, rows_all + errors_all, metrics, overwrite=overwrite)
+  return EvalResult(metrics, len(rows_all), len(errors_all), time.perf_counter() - start, folder)
+
+
+def row_groups(rows: Iterable[Row], spec: EvalSpec, evaluator: Evaluator,
+               errors: list[dict[str, Any]]) -> Iterator[list[Row]]:
+  """Valid rows in groups of `spec.batch_size`; unreadable rows go to `errors` ({id, error}).
+
+  A readable row the evaluator cannot score (no references, a missing field) stops the eval
+  with a one-line error, before any more decoding.
+  """
+  group: list[Row] = []
+  for row in rows:
+    if row.error or len(row.images) != spec.num_images:
+      errors.append({"id": row.id, "error": row.error or
+                     f"{len(row.images)} images, expected {spec.num_images}"})
+      continue
+    _check_row(spec, evaluator, row)
+    group.append(row)
+    if len(group) == spec.batch_size:
+      yield group
+      group = []
+  if group:
+    yield group
+
+
+def _check_row(spec: EvalSpec, evaluator: Evaluator, row: Row) -> None:
+  probe = {**row.fields, "references": list(row.references), "prediction": "",
+           "log_likelihood": 0.0, "num_tokens": 0, "image_hw": [1, 1]}
+  why = evaluator.check_row(probe, spec.options)
+  if why is None and not spec.generates and not row.references:
+    why = "has no reference to score"
+  if why:
+    raise ValueError(f"eval {spec.name!r}: row {row.id!r} {why} (evaluator {spec.evaluator!r} "
+                     f"needs {', '.join(evaluator.required_fields(spec.options))})")
+
+
+def _predict_group(spec: EvalSpec, evaluator: Evaluator, predict: Callable, processor: Processor,
+                   group: list[Row]) -> list[dict[str, Any]]:
+  """Prediction rows of one group (one padded batch)."""
+  if spec.generates:
+    [batch] = eval_batches(group, processor, spec.batch_size, spec.text_len,
+                           num_images=spec.num_images)
+    texts = predict(batch)
+    if len(texts) != spec.batch_size:
+      raise ValueError(f"eval {spec.name!r}: the predict function returned {len(texts)} texts "
+                       f"for a batch of {spec.batch_size}")
+    outputs = [{"prediction": t} for t in texts[:len(group)]]
+  else:
+    log_likelihoods, counts = predict(score_batch(group, processor, spec))
+    outputs = [{"log_likelihood": float(ll), "num_tokens": int(c)}
+               for ll, c in zip(log_likelihoods[:len(group)], counts[:len(group)])]
+  out = []
+  for row, output in zip(group, outputs):
+    pred = {**({} if row.id is None else {"id": row.id}), "prompt": row.prefix, **output,
+            "references": list(row.references), **row.fields}
+    if evaluator.needs_image_hw:
+      pred["image_hw"] = [int(d) for d in np.shape(row.images[0])[:2]]
+    out.append(pred)
+  return out
+
+
+def score_batch(group: list[Row], processor: Processor, spec: EvalSpec) -> dict[str, Any]:
+  """A training-layout batch (right-padded, suffix = the first reference, `mask_loss`) of the
+  group, padded to `batch_size` with copies of its first row (valid = False)."""
+  padded = group + [group[0]] * (spec.batch_size - len(group))
+  batch = processor([list(r.images) for r in padded], [r.prefix or "" for r in padded],
+                    [r.references[0] for r in padded], padding_side="right",
+                    max_length=spec.num_images * processor.num_image_tokens + spec.text_len)
+  return batch | {"valid": np.arange(spec.batch_size) < len(group)}
+
+
+def write_outputs(folder: str, rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, float],
+                  *, overwrite: bool = False) -> None:
+  """`predictions.jsonl` and `metrics.json` in `folder`, both written before either is renamed
+  into place (an error leaves neither)."""
+  check_outputs(folder, overwrite)
+  os.makedirs(folder, exist_ok=True)
+  texts = {PREDICTIONS: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+           METRICS: json.dumps(dict(metrics), indent=1, sort_keys=True) + "\n"}
+  write_atomically({os.path.join(folder, name): text for name, text in texts.items()})
+
+
+def write_atomically(files: Mapping[str, str]) -> None:
+  """Writes every file to `<path>.incomplete`, then renames them all; cleans up on failure."""
+  temps = {path: f"{path}.incomplete" for path in files}
+  try:
+    for path, text in files.items():
+      with open(temps[path], "w", encoding="utf-8") as f:
+        f.write(text)
+    for path, temp in temps.items():
+      os.replace(temp, path)
+  finally:
+    for temp in temps.values():
+      if os.path.exists(temp):
+        os.remove(temp)
+
+
+def allgather_bytes(data: bytes) -> list[bytes]:
+  """Every process's `data`, in process order (one process: no communication)."""
+  import jax
+  if jax.process_count() == 1:
+    return [data]
+  from jax.experimental import multihost_utils
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64)))
+  sizes = sizes.reshape(-1)
+  buffer = np.zeros(int(sizes.max()), np.uint8)
+  buffer[:len(data)] = np.frombuffer(data, np.uint8)
+  parts = np.asarray(multihost_utils.process_allgather(buffer))
+  return [parts[i, :int(n)].tobytes() for i, n in enumerate(sizes)]
+
+
+def _processes(index: int | None, count: int | None, gather: Gather | None
+               ) -> tuple[int, int, Gather]:
+  import jax
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  if gather is None:
+    if count != jax.process_count():
+      raise ValueError(f"process_count {count} is not JAX's {jax.process_count()}: pass a "
+                       "gather function for simulated processes")
+    gather = allgather_bytes
+  if not 0 <= index < count:
+    raise ValueError(f"process_index {index} is not in [0, {count})")
+  return index, count, gather
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+  """The row without values JSON cannot hold (e.g. refcoco_seg's GT mask arrays)."""
+  return {k: v for k, v in row.items() if not isinstance(v, np.ndarray)}

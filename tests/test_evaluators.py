@@ -1,0 +1,302 @@
+"""Evaluators end to end: a tiny random PaliGemma on tiny generated JSONL splits -> predict
+functions -> stats -> gathered metrics -> predictions.jsonl / metrics.json; metrics recomputed
+by hand from the written predictions; two simulated processes equal one; one-line bad input."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+
+import jax
+import numpy as np
+import PIL.Image
+import pytest
+
+from model_fixtures import random_params
+from paligemma_jax import sharding
+from paligemma_jax.api import make_processor
+from paligemma_jax.evaluation import (EVALUATORS, Decoding, cider, exact_match, get_evaluator,
+                                      make_predict_fn, parse_evals, perplexity_from_stats,
+                                      perplexity_stats, vqav2_accuracy)
+from paligemma_jax.evaluation.run_evals import evaluate, run_eval
+from paligemma_jax.inference import score
+from test_pipeline import tiny_config
+
+CAPTIONS = [["a dog on grass", "a brown dog"], ["a cat on a sofa", "a sleeping cat"],
+            ["two birds", "birds in a tree"], ["a red car", "a car on a road"],
+            ["a bowl of soup", "soup in a bowl"]]
+VQA = [("what is it?", ["dog"] * 3 + ["cat"] * 7, "other"),
+       ("how many?", ["2"] * 4 + ["two"] * 6, "number"),
+       ("is it red?", ["yes"] * 10, "yes/no")]
+SHAPE = dict(batch_size=2, text_len=16, decoding=dict(max_decode_len=4))  # one compile for all
+
+
+def write_image(folder: pathlib.Path, i: int) -> str:
+  rng = np.random.default_rng(i)
+  PIL.Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+  return f"{i}.png"
+
+
+def write_jsonl(path: pathlib.Path, rows: list[dict]) -> str:
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+  folder = tmp_path_factory.mktemp("eval_data")
+  images = [write_image(folder, i) for i in range(5)]
+  caps = [{"image": images[i], "prefix": "caption en", "suffix": c, "id": f"img{i}"}
+          for i, c in enumerate(CAPTIONS)]
+  vqa = [{"image": images[i], "question": q, "answers": a, "answer_type": t, "question_id": i}
+         for i, (q, a, t) in enumerate(VQA)]
+  return {"caption": write_jsonl(folder / "cap.jsonl", caps),
+          "vqa": write_jsonl(folder / "vqa.jsonl", vqa), "folder": str(folder)}
+
+
+def caption_eval(data, name="cap", evaluator="cider", **extra) -> dict:
+  return {"name": name, "evaluator": evaluator, **SHAPE, **extra,
+          "data": {"jsonl": data["caption"], "task_options": {"id_key": "id"}}}
+
+
+def vqa_eval(data, name="vqa") -> dict:
+  task_options = {"question_key": "question", "answers_key": "answers", "id_key": "question_id",
+                  "field_keys": ["answer_type"]}
+  return {"name": name, "evaluator": "vqav2", **SHAPE,
+          "data": {"jsonl": data["vqa"], "task": "vqa", "task_options": task_options}}
+
+
+@pytest.fixture(scope="module")
+def model(standin_tokenizer):
+  config = tiny_config(standin_tokenizer)
+  return config, random_params(config, seed=3), make_processor(config, standin_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def factory(model):
+  config, params, processor = model
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  return lambda decoding: make_predict_fn(config, params, processor, decoding, mesh=mesh)
+
+
+def read_rows(folder) -> list[dict]:
+  return [json.loads(line) for line in (pathlib.Path(folder) / "predictions.jsonl").open()]
+
+
+def test_table_names_and_unknown_evaluator():
+  assert {"vqa", "vqav2", "anls", "chartqa", "exact_match", "tallyqa", "scienceqa", "rsvqa",
+          "pope", "cider", "bleu", "refcoco_box", "refcoco_seg", "detection_map",
+          "perplexity"} <= set(EVALUATORS)
+  with pytest.raises(ValueError) as e:
+    get_evaluator("cidr")
+  assert "\n" not in str(e.value) and "unknown evaluator 'cidr'; valid evaluators: vqa, " in str(e.value)
+
+
+def test_caption_and_vqa_end_to_end(data, model, factory, tmp_path):
+  _, _, processor = model
+  specs = parse_evals([caption_eval(data), caption_eval(data, "cap_em", "exact_match"),
+                       vqa_eval(data)])
+  metrics = evaluate(specs, factory, processor, output_dir=str(tmp_path), progress=False)
+  # Captions: the written rows, CIDEr recomputed from them by hand.
+  rows = read_rows(tmp_path / "cap")
+  assert [r["id"] for r in rows] == [f"img{i}" for i in range(5)]
+  assert [r["references"] for r in rows] == CAPTIONS and {r["prompt"] for r in rows} == {"caption en"}
+  preds = [r["prediction"] for r in rows]
+  want = cider(preds, [r["references"] for r in rows])
+  assert metrics["cap/cider"] == pytest.approx(want["cider"]) and metrics["cap/num"] == 5
+  assert metrics["cap/skipped"] == 0
+  assert json.loads((tmp_path / "cap/metrics.json").read_text()) == pytest.approx(
+      {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("cap/")})
+  em_rows = read_rows(tmp_path / "cap_em")
+  assert [r["prediction"] for r in em_rows] == preds  # same decoding, same texts
+  assert metrics["cap_em/exact_match"] == exact_match(preds, CAPTIONS)["exact_match"]
+  # VQAv2: fields flow from the data into the rows and into the per-type metrics.
+  rows = read_rows(tmp_path / "vqa")
+  assert [r["answer_type"] for r in rows] == [t for _, _, t in VQA]
+  assert rows[0]["prompt"] == "answer en what is it?"
+  want = vqav2_accuracy([r["prediction"] for r in rows], [r["references"] for r in rows],
+                        [r["answer_type"] for r in rows])
+  assert {k[4:]: v for k, v in metrics.items() if k.startswith("vqa/") and k != "vqa/skipped"} \
+      == pytest.approx(want)
+  assert {"vqa/acc/yesno", "vqa/acc/number", "vqa/acc/other"} <= set(metrics)
+  assert not list(tmp_path.rglob("*.incomplete"))
+
+
+def test_predictions_are_the_model_greedy_decoding(data, model, factory):
+  """A predict function's texts equal `generate` decoded, and over 8 devices equal one."""
+  from paligemma_jax.data.eval_input import eval_batches, eval_rows
+  from paligemma_jax.inference import generate
+  config, params, processor = model
+  [spec] = parse_evals([caption_eval(data)])
+  rows = list(eval_rows(spec.data))[:3]
+  [batch] = eval_batches(rows, processor, 3, spec.text_len)
+  ids = generate(config, params, batch, 4, processor.tokenizer.eos_id)
+  want = [processor.tokenizer.decode(row) for row in ids]
+  assert factory(spec.decoding)(batch) == want
+  eight = make_predict_fn(config, params, processor, spec.decoding)  # 3 rows padded to 8
+  assert eight(batch) == want
+
+
+def test_perplexity_equals_score_of_the_first_reference(data, model, factory, tmp_path):
+  config, params, processor = model
+  specs = parse_evals([caption_eval(data, "pplx", "perplexity")])
+  metrics = evaluate(specs, factory, processor, output_dir=str(tmp_path), progress=False)
+  rows = read_rows(tmp_path / "pplx")
+  want = perplexity_from_stats(perplexity_stats([r["log_likelihood"] for r in rows],
+                                                [r["num_tokens"] for r in rows]))
+  assert {k[5:]: v for k, v in metrics.items() if k != "pplx/skipped"} == pytest.approx(want)
+  image = PIL.Image.open(pathlib.Path(data["folder"]) / "1.png")
+  one = score(config, params, processor([image], ["caption en"], [CAPTIONS[1][0]],
+                                        padding_side="right"))
+  assert rows[1]["log_likelihood"] == pytest.approx(float(one.total[0]), abs=1e-4)
+  assert rows[1]["num_tokens"] == int(one.count[0])
+
+
+# --- several processes ---------------------------------------------------------------------------
+
+
+def fake_predict_factory(decoding):
+  """No model: row i of a batch predicts its first reference when the id ends in an even digit."""
+  def predict(batch):
+    return [refs[0] if str(i)[-1] in "02468" else "nothing"
+            for i, refs in zip(batch["ids"], batch["references"])]
+  return predict
+
+
+def threaded_gather(count: int):
+  """A gather for `count` threads standing in for processes: each contributes, all get all."""
+  barrier, slots = threading.Barrier(count), {}
+
+  def for_process(index: int):
+    def gather(data: bytes) -> list[bytes]:
+      slots[index] = data
+      barrier.wait()
+      out = [slots[i] for i in range(count)]
+      barrier.wait()  # nobody overwrites a slot before everyone has read it
+      return out
+    return gather
+  return for_process
+
+
+@pytest.mark.parametrize("evaluator", ["cider", "exact_match", "bleu"])
+def test_two_processes_give_the_metrics_of_one(data, model, tmp_path, evaluator):
+  _, _, processor = model
+  [spec] = parse_evals([caption_eval(data, evaluator=evaluator)])
+  one = run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "one"),
+                 progress=False)
+  gathers, results = threaded_gather(2), {}
+
+  def run(index):
+    results[index] = run_eval(spec, fake_predict_factory, processor,
+                              folder=str(tmp_path / "two"), process_index=index,
+                              process_count=2, gather=gathers(index), progress=False)
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert results[0].metrics == pytest.approx(one.metrics)
+  assert results[1].metrics == results[0].metrics  # every process gets the same
+  assert results[0].examples == 5
+  two_rows = sorted(read_rows(tmp_path / "two"), key=lambda r: r["id"])
+  assert two_rows == read_rows(tmp_path / "one")
+  if evaluator == "cider":
+    assert one.metrics["cider"] > 0
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def one_line_error(excinfo) -> str:
+  message = str(excinfo.value)
+  assert "\n" not in message
+  return message
+
+
+def test_empty_split_and_unreadable_rows(data, model, tmp_path):
+  _, _, processor = model
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  [spec] = parse_evals([{**caption_eval(data), "data": {"jsonl": str(empty)}}])
+  with pytest.raises(ValueError) as e:
+    run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "out"), progress=False)
+  assert "eval 'cap':" in one_line_error(e) and "has no rows" in str(e.value)
+  missing = write_jsonl(tmp_path / "missing.jsonl", [{"image": "nope.png", "prefix": "caption en",
+                                                      "suffix": ["x"]}] * 2)
+  [spec] = parse_evals([{**caption_eval(data), "data": {"jsonl": missing}}])
+  with pytest.raises(ValueError) as e:
+    run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "out"), progress=False)
+  assert "no examples to evaluate (all 2 rows could not be read" in one_line_error(e)
+  assert not (tmp_path / "out").exists()
+
+
+def test_row_without_references_and_skipped_rows(data, model, tmp_path):
+  _, _, processor = model
+  rows = [{"image": "0.png", "prefix": "caption en", "suffix": ["a dog"]},
+          {"image": "nope.png", "prefix": "caption en", "suffix": ["x"]},
+          {"image": "1.png", "prefix": "caption en", "suffix": []}]
+  path = write_jsonl(pathlib.Path(data["folder"]) / "noref.jsonl", rows)
+  [spec] = parse_evals([{**caption_eval(data), "data": {"jsonl": path}}])
+  with pytest.raises(ValueError) as e:
+    run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path), progress=False)
+  assert "eval 'cap': row 2 has no references" in one_line_error(e)
+  path = write_jsonl(pathlib.Path(data["folder"]) / "skip.jsonl", rows[:2])
+  [spec] = parse_evals([{**caption_eval(data, evaluator="exact_match"), "data": {"jsonl": path}}])
+  result = run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path), progress=False)
+  assert result.metrics == {"exact_match": 1.0, "num": 1.0, "skipped": 1.0}
+  written = read_rows(tmp_path)
+  assert written[0]["prediction"] == "a dog" and "nope.png" in written[1]["error"]
+
+
+def test_length_mismatch_overwrite_and_nothing_half_written(data, model, tmp_path):
+  _, _, processor = model
+  [spec] = parse_evals([caption_eval(data, evaluator="exact_match")])
+  short = lambda decoding: (lambda batch: ["x"])  # noqa: E731
+  with pytest.raises(ValueError) as e:
+    run_eval(spec, short, processor, folder=str(tmp_path / "a"), progress=False)
+  assert "returned 1 texts for a batch of 2" in one_line_error(e)
+  # A metric that fails after decoding (POPE wants one yes/no reference) leaves no file.
+  [pope] = parse_evals([caption_eval(data, evaluator="pope")])
+  with pytest.raises(ValueError) as e:
+    run_eval(pope, fake_predict_factory, processor, folder=str(tmp_path / "a"), progress=False)
+  assert "eval 'cap': pope: example 0 has 2 references, expected one" in one_line_error(e)
+  assert not (tmp_path / "a").exists() or not list((tmp_path / "a").iterdir())
+  # The overwrite rule: an existing output stops the run before any work.
+  run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "b"), progress=False)
+  before = (tmp_path / "b/predictions.jsonl").read_text()
+  with pytest.raises(FileExistsError) as e:
+    run_eval(spec, short, processor, folder=str(tmp_path / "b"), progress=False)
+  assert "pass --overwrite" in one_line_error(e)
+  assert (tmp_path / "b/predictions.jsonl").read_text() == before
+  run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "b"), overwrite=True,
+           progress=False)
+  assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["metrics.json",
+                                                                "predictions.jsonl"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([{"name": "x", "evaluator": "cidr", "data": {"jsonl": "a.jsonl"}}],
+     "config.evals[0]: unknown evaluator 'cidr'; valid evaluators: vqa, vqav2,"),
+    ([{"name": "x", "evaluator": "cider", "data": {"jsonl": "a"}, "batchsize": 3}],
+     "unknown config key config.evals[0].batchsize; valid keys in config.evals[0]: name,"),
+    ([{"name": "x", "evaluator": "cider", "data": {"jsonl": "a"}, "options": {"to_lower": True}}],
+     "unknown option 'to_lower' for evaluator 'cider'; valid options: tokenize"),
+    ([{"name": "x", "evaluator": "perplexity", "data": {"jsonl": "a"},
+       "decoding": {"sampler": "beam"}}], "needs sampler score, got 'beam'"),
+    ({"x": {"evaluator": "cider", "data": {"jsonl": "a", "name": "coco"}}},
+     "config.evals[0].data: an input member needs exactly one of name"),
+    ([{"name": "x", "evaluator": "cider", "data": {"jsonl": "a"}}] * 2, "two evals are named 'x'"),
+    ([], "config.evals is empty"),
+])
+def test_config_errors_are_one_line(bad, message):
+  with pytest.raises(ValueError) as e:
+    parse_evals(bad)
+  assert message in one_line_error(e)
+
+
+def test_decoding_resolution():
+  [pplx, cap] = parse_evals({"p": {"evaluator": "perplexity", "data": {"jsonl": "a"}},
+                             "c": {"evaluator": "cider", "data": {"jsonl": "a"}, "text_len": 20}})
+  assert pplx.name == "p" and pplx.decoding.sampler == "score"
+  assert cap.decoding == Decoding("greedy", 2, 0.0, 20)  # max_decode_len = text_len
