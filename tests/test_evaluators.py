@@ -300,3 +300,61 @@ def test_decoding_resolution():
                              "c": {"evaluator": "cider", "data": {"jsonl": "a"}, "text_len": 20}})
   assert pplx.name == "p" and pplx.decoding.sampler == "score"
   assert cap.decoding == Decoding("greedy", 2, 0.0, 20)  # max_decode_len = text_len
+
+
+# --- the trainer's hook, a TFDS split, referring segmentation ------------------------------------
+
+
+def test_periodic_evaluator_is_the_trainers_hook(data, model, tmp_path):
+  """The trainer calls `evaluate(predictor)` with its Predictor (config, params, processor,
+  step): the hook returns prefixed metrics and writes under step_<step>/, replacing on resume."""
+  import types
+  from paligemma_jax.evaluation import periodic_evaluator
+  config, params, processor = model
+  hook = periodic_evaluator(parse_evals([caption_eval(data, evaluator="exact_match")]),
+                            output_dir=str(tmp_path), mesh=sharding.make_mesh(
+                                devices=jax.devices()[:1]), progress=False)
+  predictor = types.SimpleNamespace(config=config, params=params, processor=processor, step=10)
+  first = hook(predictor)
+  assert set(first) == {"cap/exact_match", "cap/num", "cap/skipped"} and first["cap/num"] == 5
+  assert (tmp_path / "step_00000010/cap/predictions.jsonl").exists()
+  assert hook(predictor) == first  # a repeated step replaces its files
+
+
+def test_tfds_split(tmp_path, model):
+  from input_fixtures import PipeCaps, build, caps_captions
+  _, _, processor = model
+  build(PipeCaps, tmp_path / "tfds")
+  [spec] = parse_evals([{"name": "caps", "evaluator": "cider", **SHAPE,
+                         "data": {"name": "pipe_caps", "split": "val",
+                                  "data_dir": str(tmp_path / "tfds")}}])
+  result = run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path / "out"),
+                    progress=False)
+  rows = read_rows(tmp_path / "out")
+  assert sorted(r["references"] for r in rows) == sorted(caps_captions(i) for i in range(6))
+  want = cider([r["prediction"] for r in rows], [r["references"] for r in rows])
+  assert result.metrics == pytest.approx({**want, "skipped": 0.0})
+
+
+def test_refcoco_seg_rows_with_masks(monkeypatch):
+  """refcoco_seg scores rows carrying the GT mask (task option keep_masks) with the VQ-VAE
+  decoder named by its `vqvae` option (a stub here: +1 everywhere, evaluators.md §11)."""
+  from paligemma_jax.evaluation import evaluators
+  monkeypatch.setattr(evaluators, "_mask_decoder",
+                      lambda path: lambda codes: np.ones((len(codes), 64, 64), np.float32))
+  gt = np.zeros((100, 100), np.uint8)
+  gt[10:50, 10:50] = 255
+  seg = "".join(f"<seg{0:03d}>" for _ in range(16))
+  rows = [{"prediction": f"<loc0102><loc0102><loc0512><loc0512>{seg}", "mask": gt,
+           "box_yxyx": [0.1, 0.1, 0.5, 0.5]},
+          {"prediction": f"<loc0205><loc0205><loc0614><loc0614>{seg}", "mask": gt,
+           "box_yxyx": [0.1, 0.1, 0.5, 0.5]},
+          {"prediction": f"<loc0512><loc0102><loc0102><loc0512>{seg}", "mask": gt,
+           "box_yxyx": [0.1, 0.1, 0.5, 0.5]}]
+  evaluator = get_evaluator("refcoco_seg")
+  options = evaluator.check_options("refcoco_seg", {"vqvae": "vae-oid.npz"})
+  out = evaluator.from_stats(evaluator.stats(rows, **options))
+  assert out["miou"] == pytest.approx(0.447706, abs=1e-6)
+  assert out["boxacc/0.5"] == pytest.approx(1 / 3) and out["invalid"] == 1
+  with pytest.raises(ValueError, match="set the evaluator option vqvae"):
+    evaluator.stats(rows, **evaluator.check_options("refcoco_seg", {}))

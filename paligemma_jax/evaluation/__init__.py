@@ -40,5 +40,5 @@ from paligemma_jax.evaluation.evaluators import EVALUATORS, Evaluator, get_evalu
 from paligemma_jax.evaluation.eval_config import (Decoding, EvalConfig, EvalSpec, parse_eval_config,
                                                   parse_evals)
 from paligemma_jax.evaluation.predict import PredictFn, ScoreFn, make_predict_fn
-from paligemma_jax.evaluation.run_evals import EvalResult, evaluate, run_eval
+from paligemma_jax.evaluation.run_evals import EvalResult, evaluate, periodic_evaluator, run_eval
 from paligemma_jax.evaluation.saved_predictions import score_predictions

@@ -8,7 +8,8 @@ The entry point for eval.py and for the trainer's periodic evaluation:
 
 `predict_fn_factory(decoding)` returns a predict function (or a score function for perplexity),
 e.g. `lambda d: make_predict_fn(model_config, params, processor, d)`. Evaluation never sees the
-trainer or the model.
+trainer or the model. `periodic_evaluator(evals, output_dir=..., mesh=...)` wraps this as the
+trainer's `evaluate(predictor)` hook (training/trainer.py's `train(..., evaluate=...)`).
 
 Per eval, each process reads its share of the split (`data.eval_input.eval_rows`), groups valid
 rows into batches of `batch_size` (the last one padded, `valid = False`), predicts, and turns its
@@ -42,7 +43,7 @@ from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tasks import Row
 from paligemma_jax.evaluation.eval_config import EvalSpec
 from paligemma_jax.evaluation.evaluators import Evaluator, get_evaluator
-from paligemma_jax.evaluation.predict import PredictFnFactory
+from paligemma_jax.evaluation.predict import PredictFnFactory, make_predict_fn
 from paligemma_jax.evaluation.stats import merge_all
 
 PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
@@ -73,6 +74,24 @@ def evaluate(evals: Sequence[EvalSpec], predict_fn_factory: PredictFnFactory,
                       **options)
     out.update({f"{spec.name}/{k}": v for k, v in result.metrics.items()})
   return out
+
+
+def periodic_evaluator(evals: Sequence[EvalSpec], *, output_dir: str = "", mesh: Any = None,
+                       **options: Any) -> Callable[[Any], dict[str, float]]:
+  """The trainer's `evaluate(predictor) -> dict` hook over these evals.
+
+  `predictor` is anything with `config`, `params`, `processor` and `step` (training's
+  `Predictor`; nothing here imports training/). Pass the trainer's `mesh` so its params are used
+  in place. Files go to `<output_dir>/step_<step>/<name>/` (replaced if a resumed run repeats a
+  step); `options` go to `run_eval`.
+  """
+  def hook(predictor: Any) -> dict[str, float]:
+    def factory(decoding):
+      return make_predict_fn(predictor.config, predictor.params, predictor.processor, decoding,
+                             mesh=mesh)
+    return evaluate(evals, factory, predictor.processor, step=predictor.step,
+                    output_dir=output_dir, overwrite=True, **options)
+  return hook
 
 
 def eval_folder(output_dir: str, name: str, step: int | None = None) -> str:
