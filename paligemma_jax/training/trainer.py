@@ -1,0 +1,280 @@
+"""`train(config, workdir)`: the fine-tuning loop, resumable bit for bit.
+
+Workdir layout:
+    model_config.json   the PaliGemmaConfig being trained (written once; resume reads it)
+    checkpoints/<step>/ TrainCheckpointer: state (step, params, opt_state, rng) + the input's state
+    metrics.jsonl       one JSON object per logged step (process 0), eval results under their step
+    params/             the final params checkpoint (infer.py / convert_checkpoint.py take it)
+    loss.png            the training loss curve (when matplotlib is installed)
+
+A run started on a workdir that holds a finished checkpoint continues from the latest one with its
+optimizer state, RNG and data position, so an interrupted run (even kill -9) rerun with the same
+command ends with the same params as an uninterrupted one. Checkpoints commit atomically: a
+half-written one is never restored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from paligemma_jax import checkpoints, sharding
+from paligemma_jax.api import make_processor
+from paligemma_jax.data.input_pipeline import TrainInput
+from paligemma_jax.data.tokenizer import Tokenizer
+from paligemma_jax.device_input import global_batch
+from paligemma_jax.models import PaliGemmaConfig
+from paligemma_jax.training import config as config_lib
+from paligemma_jax.training import state as state_lib
+from paligemma_jax.training.optimizer import (frozen_mask, learning_rate, make_optimizer,
+                                              optimizer_step)
+from paligemma_jax.training.predictor import Predictor
+from paligemma_jax.training.step import StepSettings, make_train_step
+
+Evaluate = Callable[[Predictor], dict[str, float]]
+
+
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient norm with on_nonfinite="stop" (nothing of it was saved)."""
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                           process_id: int = -1) -> None:
+  """`jax.distributed.initialize` with explicit flags, or auto-detected on TPU pod slices, SLURM
+  and JAX_COORDINATOR_ADDRESS; a no-op on a single host. Call before any other JAX work."""
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address, num_processes or None,
+                               None if process_id < 0 else process_id)
+  elif (os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
+    jax.distributed.initialize()
+
+
+def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: str, mesh: Mesh
+                  ) -> tuple[PaliGemmaConfig, dict | None]:
+  """(model config, pretrained params or None). A resumed run reads the config it wrote."""
+  path = os.path.join(workdir, "model_config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return PaliGemmaConfig.from_dict(json.load(f)), None
+  if not cfg.from_checkpoint:
+    model = config_lib.model_config(cfg, tokenizer.vocab_size, tokenizer.image_token_id)
+    params = None
+  else:
+    m = cfg.model
+    text = {"final_logit_softcap": None, **m.text}  # transfers train without the final softcap
+    overrides = {f"vision.{k}": v for k, v in m.vision.items()}
+    overrides |= {f"text.{k}": v for k, v in text.items()}
+    overrides |= {"dtype": m.dtype, "remat": m.remat, "param_dtype": "float32"}
+    try:
+      model, params = state_lib.load_pretrained(cfg.init, overrides, mesh)
+    except ValueError as e:
+      raise ValueError(f"config.init / config.model: {str(e).splitlines()[0]}") from None
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(model.to_dict(), f, indent=1)
+    os.replace(path + ".tmp", path)
+  return model, params
+
+
+class MetricsWriter:
+  """metrics.jsonl of process 0; on resume, records past the restored step are dropped."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    if self.enabled and os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(kept)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _loss_start(batch: dict[str, np.ndarray], image_token_id: int, num_image_tokens: int) -> int:
+  """The leading image placeholders every row has (the step drops them before the LM head)."""
+  lead = batch["tokens"][:, :num_image_tokens] == image_token_id
+  return num_image_tokens if lead.all() else 0
+
+
+def _check_layout(batch: dict[str, np.ndarray], start: int, image_token_id: int) -> None:
+  if start and not (batch["tokens"][:, :start] == image_token_id).all():
+    raise ValueError("a batch has text before its images (<image> markers in a prompt) while the "
+                     "first batch had the images first; put the markers in every prompt or none")
+
+
+def _plot_loss(workdir: str) -> None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [r for r in rows if "train_loss" in r]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows])
+  ax.set(xlabel="step", ylabel="train loss", yscale="log")
+  fig.savefig(os.path.join(workdir, "loss.png"), dpi=100)
+  plt.close(fig)
+
+
+def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
+          max_steps: int | None = None) -> dict[str, float]:
+  """Trains per `config` (a ConfigDict or dict, see training/config.py) in `workdir`.
+
+  `evaluate(predictor) -> {name: value}` runs every `eval_every` steps and at the end (see
+  predictor.py). `max_steps` stops after that many steps of this call (the run stays resumable;
+  tests use it to interrupt). Returns the last logged metrics.
+  """
+  cfg = config_lib.parse_train_config(config)
+  sizes = config_lib.validate(cfg, jax.device_count(), jax.process_count())
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.make_mesh(*sizes)
+  tokenizer = Tokenizer(cfg.tokenizer)
+  model, pretrained = _model_config(cfg, tokenizer, workdir, mesh)
+  processor = make_processor(model, tokenizer, cfg.image_method)
+  host = TrainInput(cfg.input, processor, process_index=jax.process_index(),
+                    process_count=jax.process_count())
+  total_steps = cfg.num_steps(host.examples_per_epoch)
+  abstract_params = state_lib.abstract_state(model, _dummy_tx(), mesh).params
+  tx = make_optimizer(cfg.optimizer, abstract_params, total_steps)
+  trainable = jax.tree.map(lambda f: not f, frozen_mask(cfg.optimizer, abstract_params))
+  lr_of = learning_rate(cfg.optimizer, total_steps)
+
+  ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=cfg.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    _, state, extra = ckpt.restore(state_lib.abstract_state(model, tx, mesh))
+    host.set_state(extra["input"])
+    if jax.process_index() == 0:
+      print(f"resuming from step {start} of {total_steps} ({ckpt.directory})")
+  else:
+    start = 0
+    if pretrained is None:
+      state = state_lib.init_state(model, tx, mesh, cfg.seed)
+    else:
+      state = state_lib.state_from_params(model, tx, mesh, pretrained, cfg.seed)
+      del pretrained
+  writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), start)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+
+  loop = _Loop(cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
+               trainable, lambda o: lr_of(optimizer_step(o)), shardings)
+  end = total_steps if max_steps is None else min(total_steps, start + max_steps)
+  try:
+    state, last = loop.run(state, start, end)
+  finally:
+    ckpt.close()  # waits for the saves in flight, also when the run stops on an error
+  if end == total_steps:
+    checkpoints.save_params(os.path.join(workdir, "params"), model, state.params,
+                            overwrite=True)
+    if jax.process_index() == 0:
+      _plot_loss(workdir)
+  return last
+
+
+def _dummy_tx():
+  import optax
+  return optax.identity()
+
+
+class _Loop:
+  """The steps between `start` and `end`: data → step → checks → logs → checkpoints → evals."""
+
+  def __init__(self, cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
+               trainable, lr_fn, shardings):
+    self.cfg, self.model, self.processor, self.host, self.mesh = cfg, model, processor, host, mesh
+    self.ckpt, self.writer, self.evaluate, self.total = ckpt, writer, evaluate, total_steps
+    self.tx, self.trainable, self.lr_fn, self.shardings = tx, trainable, lr_fn, shardings
+    self.step_fn = None
+    self.loss_start = 0
+    self.num_image_tokens = cfg.input.num_images * model.vision.num_patches
+
+  def _next_batch(self) -> dict[str, jax.Array]:
+    batch = next(self.host)
+    if self.step_fn is None:
+      self.loss_start = _loss_start(batch, self.model.image_token_id, self.num_image_tokens)
+      settings = StepSettings(label_smoothing=self.cfg.label_smoothing,
+                              micro_batches=self.cfg.micro_batches, loss_start=self.loss_start)
+      self.step_fn = make_train_step(self.model, self.tx, self.lr_fn, self.trainable, settings,
+                                     self.mesh, self.shardings)
+    _check_layout(batch, self.loss_start, self.model.image_token_id)
+    return global_batch(batch, self.mesh)
+
+  def _checked(self, step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not values["finite"]:
+      message = (f"step {step}: non-finite loss {values['train_loss']} or gradient norm "
+                 f"{values['l2_grads']}; the update was dropped")
+      if self.cfg.on_nonfinite == "stop":
+        raise NonFiniteError(message + " and the run stopped (config.on_nonfinite='skip' "
+                             "skips such steps)")
+      logging.warning(message)
+    return values
+
+  def run(self, state, start: int, end: int):
+    show = jax.process_index() == 0
+    bar = None
+    if show:
+      from tqdm import tqdm
+      bar = tqdm(total=self.total, initial=start, desc="train", dynamic_ncols=True)
+    pending = None  # the previous step's metrics, fetched while the next step runs
+    last: dict[str, float] = {}
+    mark, mark_step, tokens = time.perf_counter(), start, 0.0
+    for step in range(start + 1, end + 1):
+      batch = self._next_batch()  # the first one also builds the step function
+      state, metrics = self.step_fn(state, batch)
+      if pending is not None:
+        tokens += self._handle(*pending, bar)
+      pending = (step, metrics)
+      save = step == end or (self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0)
+      log = step % self.cfg.log_every == 0 or step in (start + 1, end)
+      if save or log:
+        tokens += self._handle(*pending, bar)
+        values, pending = self._values, None
+        if log:
+          now = time.perf_counter()
+          took = max(now - mark, 1e-9)
+          rate = (step - mark_step) * self.cfg.input.batch_size / took
+          last = {"step": step, **values, "examples_per_s": rate,
+                  "tokens_per_s": tokens / took, "step_time": took / (step - mark_step),
+                  **self.host.stats()}
+          self.writer.write(last)
+          mark, mark_step, tokens = now, step, 0.0
+          if bar is not None:
+            bar.set_postfix(loss=f"{values['train_loss']:.4f}", lr=f"{values['lr']:.2e}",
+                            ex_s=f"{rate:.1f}")
+        if save:
+          self.ckpt.save(step, state, {"input": self.host.get_state()})
+      if self.evaluate and (step == end == self.total or (
+          self.cfg.eval_every and step % self.cfg.eval_every == 0)):
+        results = self.evaluate(Predictor(self.model, state.params, self.processor, step))
+        record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
+        self.writer.write(record)
+        last.update(record)
+    if bar is not None:
+      bar.close()
+    return state, last
+
+  def _handle(self, step: int, metrics: dict[str, jax.Array], bar) -> float:
+    self._values = self._checked(step, metrics)
+    if bar is not None:
+      bar.update(1)
+    return self._values["tokens"]

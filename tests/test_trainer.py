@@ -1,0 +1,230 @@
+"""The trainer end to end on the toy shapes task: config errors, resume bit for bit, non-finite
+handling, the eval hook, metrics.jsonl and the final params checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from paligemma_jax import checkpoints
+from paligemma_jax.training import config as config_lib
+from paligemma_jax.training import trainer
+from paligemma_jax.training.demo_data import ensure_demo_data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Each train() call builds its step anew; a persistent cache compiles the same HLO once (also
+  across the subprocesses below). Restored after this module."""
+  directory = str(tmp_path_factory.mktemp("jax_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {n: getattr(jax.config, n) for n in names}
+  for name, value in zip(names, (directory, 0.0, 0)):
+    jax.config.update(name, value)
+  yield directory
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict[str, str]:
+  return ensure_demo_data(tmp_path_factory.mktemp("shapes"), num_train=24, num_test=4)
+
+
+def tiny_config(shapes: dict[str, str], **changes) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      init="random", tokenizer=shapes["tokenizer"],
+      model=dict(variant="", vision=dict(width=32, depth=1, mlp_dim=64, num_heads=2,
+                                         patch_size=14, image_size=28),
+                 text=dict(version=1, width=32, depth=1, mlp_dim=64, num_heads=2,
+                           num_kv_heads=1, head_dim=16),
+                 dtype="float32"),
+      input=dict(members=[dict(jsonl=shapes["train"])], batch_size=8, text_len=20,
+                 read_threads=1),
+      optimizer=dict(name="adam", lr=1e-2, schedule=dict(name="cosine", warmup_steps=1)),
+      total_steps=6, mesh=dict(data=-1), log_every=2, checkpoint_every=2, keep_checkpoints=5,
+      seed=0))
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _params(workdir) -> list[np.ndarray]:
+  _, params = checkpoints.load_params(os.path.join(workdir, "params"))
+  return [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def _records(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+# -- config errors: one line, before any device work -------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"learning_rate": 1.0}, r"unknown config key config.learning_rate; valid keys in config: "
+                             r"tokenizer, input, optimizer, model"),
+    ({"optimizer.beta1": 0.9}, r"unknown config key config.optimizer.beta1; valid keys"),
+    ({"input.batchsize": 8}, r"unknown key 'batchsize' in input; valid keys"),
+    ({"model.vision.widht": 8}, r"config.model: unknown SigLIPConfig field"),
+    ({"total_steps": 0}, r"set exactly one of config.total_steps and config.epochs"),
+    ({"micro_batches": 3}, r"batch_size 8 does not divide into config.micro_batches=3"),
+    ({"on_nonfinite": "ignore"}, r"on_nonfinite 'ignore' is unknown; use one of skip, stop"),
+    ({"optimizer.name": "lion"}, r"name 'lion' is not one of"),
+    ({"log_every": "10"}, r"config.log_every must be int, got '10'"),
+])
+def test_config_errors_are_one_line(shapes, change, message):
+  c = tiny_config(shapes).to_dict()
+  for key, value in change.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message) as e:
+    cfg = config_lib.parse_train_config(c)
+    config_lib.model_config(cfg, 2048, 2048)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, devices, message", [
+    ({"mesh.data": 3}, 8, r"mesh data=3 fsdp=1 model=1 does not fit the 8 devices"),
+    ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2, "micro_batches": 4}, 8,
+     r"a micro-batch of 2 rows .* does not divide by the mesh's data x fsdp = 4; use a batch "
+     r"size that is a multiple of 16"),
+    ({"tokenizer": "/nonexistent/tokenizer.model"}, 1, r"config.tokenizer .* is not a file"),
+    ({"init": "/nonexistent/ckpt"}, 1, r"config.init /nonexistent/ckpt is neither 'random' nor"),
+    ({"input.members": [{"jsonl": "/nope.jsonl"}]}, 1, r"members\[0\].jsonl /nope.jsonl does not"),
+])
+def test_validation_against_devices_and_paths(shapes, change, devices, message):
+  cfg = config_lib.parse_train_config(tiny_config(shapes, **change))
+  with pytest.raises(ValueError, match=message) as e:
+    config_lib.validate(cfg, devices)
+  assert "\n" not in str(e.value)
+
+
+def test_demo_config_parses(shapes):
+  sys.path.insert(0, str(REPO / "configs"))
+  try:
+    import demo
+  finally:
+    sys.path.pop(0)
+  c = demo.get_config(str(pathlib.Path(shapes["train"]).parent))
+  cfg = config_lib.parse_train_config(c)
+  model = config_lib.model_config(cfg, 2049, 2048)
+  assert model.text.vocab_size == 2112 and model.image_token_id == 2048
+  assert config_lib.validate(cfg, 1) == (1, 1, 1)
+
+
+# -- training ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  calls = []
+
+  def evaluate(predict):
+    texts = predict.generate([np.zeros((28, 28, 3), np.uint8)], ["caption en"], 3)
+    calls.append((predict.step, texts))
+    return {"fake": float(predict.step)}
+
+  last = trainer.train(tiny_config(shapes, eval_every=4), str(workdir), evaluate=evaluate)
+  return workdir, last, calls
+
+
+def test_run_writes_metrics_params_and_checkpoints(uninterrupted):
+  workdir, last, calls = uninterrupted
+  records = _records(workdir)
+  train = [r for r in records if "train_loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 4, 6]
+  for key in ("lr", "l2_grads", "l2_params", "l2_updates", "examples_per_s", "tokens_per_s",
+              "step_time", "avg_sup_seqlen", "max_sup_seqlen"):
+    assert np.isfinite(train[-1][key]), key
+  assert train[-1]["input/drawn/train.jsonl"] == 48.0
+  assert train[-1]["train_loss"] < train[0]["train_loss"]
+  # The eval hook ran every eval_every steps and at the end, its results under the same step.
+  assert [c[0] for c in calls] == [4, 6] and all(isinstance(c[1][0], str) for c in calls)
+  assert [(r["step"], r["eval/fake"]) for r in records if "eval/fake" in r] == [(4, 4.0),
+                                                                                 (6, 6.0)]
+  assert last["step"] == 6 and last["eval/fake"] == 6.0
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
+  config, _ = checkpoints.load_params(workdir / "params")
+  assert config.text.width == 32 and config.param_dtype == "float32"
+
+
+def test_interrupted_runs_resume_bit_for_bit(shapes, uninterrupted, tmp_path):
+  workdir = tmp_path / "resumed"
+  trainer.train(tiny_config(shapes), str(workdir), max_steps=3)  # checkpoint at 2 and 3
+  assert not (workdir / "params").exists()
+  trainer.train(tiny_config(shapes), str(workdir), max_steps=1)  # 3 -> 4
+  trainer.train(tiny_config(shapes), str(workdir))  # 4 -> 6
+  for a, b in zip(_params(uninterrupted[0]), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+  train = [r["step"] for r in _records(workdir) if "train_loss" in r]
+  assert train == [1, 2, 3, 4, 5, 6]  # each call logs its first and last step
+
+
+def test_kill_9_mid_run_then_rerun_matches(shapes, uninterrupted, tmp_path, compilation_cache):
+  workdir = tmp_path / "killed"
+  config = tmp_path / "config.py"
+  config.write_text(
+      "import ml_collections\n"
+      f"def get_config():\n  return ml_collections.ConfigDict({tiny_config(shapes).to_dict()!r})\n")
+  command = [sys.executable, str(REPO / "train.py"), f"--config={config}",
+             f"--workdir={workdir}", "--config.checkpoint_every=1"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (workdir / "checkpoints" / "3").exists():
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "params").exists(), "the run finished before it was killed"
+  rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert "resuming from step" in rerun.stdout + rerun.stderr
+  for a, b in zip(_params(uninterrupted[0]), _params(workdir)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _exploding(shapes, **changes):
+  # A constant lr of 1e15: Adam's first update is lr-sized (params ~1e15, still finite, their
+  # norm too); the second forward overflows.
+  return tiny_config(shapes, **{"optimizer.lr": 1e15, "optimizer.schedule.name": "constant",
+                                "optimizer.schedule.warmup_steps": 0, "total_steps": 4,
+                                **changes})
+
+
+def test_non_finite_stop_raises_and_saves_nothing_past_it(shapes, tmp_path):
+  with pytest.raises(trainer.NonFiniteError, match=r"^step 2: non-finite loss .* stopped"):
+    trainer.train(_exploding(shapes, checkpoint_every=1), str(tmp_path / "stop"))
+  assert sorted(os.listdir(tmp_path / "stop" / "checkpoints")) == ["1"]
+  assert not (tmp_path / "stop" / "params").exists()
+
+
+def test_non_finite_skip_drops_updates_and_finishes(shapes, tmp_path):
+  trainer.train(_exploding(shapes, on_nonfinite="skip", log_every=1), str(tmp_path / "skip"))
+  records = [r for r in _records(tmp_path / "skip") if "train_loss" in r]
+  assert [r["finite"] for r in records] == [1.0, 0.0, 0.0, 0.0]
+  # l2_params is measured before each update: steps 2 and 3 changed nothing.
+  assert np.isfinite(records[1]["l2_params"]) and records[1]["l2_params"] > 1e15
+  assert records[1]["l2_params"] == records[2]["l2_params"] == records[3]["l2_params"]
+  assert all(np.isfinite(x).all() for x in _params(tmp_path / "skip"))

@@ -1,0 +1,40 @@
+"""Fine-tunes PaliGemma from an ml_collections config (big_vision style).
+
+  python train.py --config configs/demo.py --workdir /tmp/demo_run [--config.total_steps=100]
+
+Multi-host: on TPU pod slices and SLURM `jax.distributed` is detected from the environment; else
+pass --coordinator_address=host:port --num_processes=N --process_id=i on every process.
+A workdir holding checkpoints resumes from the latest one. See paligemma_jax/training/.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from paligemma_jax.quiet_startup import quiet_startup
+from paligemma_jax.training import trainer
+
+config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py[:arg])",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the final params go")
+flags.DEFINE_string("coordinator_address", "", "jax.distributed coordinator host:port")
+flags.DEFINE_integer("num_processes", 0, "processes in the job (with --coordinator_address)")
+flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator_address)")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  quiet_startup()
+  if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint write at INFO
+  trainer.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+  try:
+    trainer.train(FLAGS.config, FLAGS.workdir)
+  except (ValueError, trainer.NonFiniteError) as e:
+    raise app.UsageError(str(e).splitlines()[0]) from None
+
+
+if __name__ == "__main__":
+  app.run(main)
