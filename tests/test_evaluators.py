@@ -20,7 +20,7 @@ from paligemma_jax.evaluation import (EVALUATORS, Decoding, cider, exact_match, 
                                       make_predict_fn, parse_evals, perplexity_from_stats,
                                       perplexity_stats, vqav2_accuracy)
 from paligemma_jax.evaluation.run_evals import evaluate, run_eval
-from paligemma_jax.inference import score
+from paligemma_jax.inference import BeamSearch, beam_generate, score
 from test_pipeline import tiny_config
 
 CAPTIONS = [["a dog on grass", "a brown dog"], ["a cat on a sofa", "a sleeping cat"],
@@ -124,7 +124,8 @@ def test_caption_and_vqa_end_to_end(data, model, factory, tmp_path):
 
 
 def test_predictions_are_the_model_greedy_decoding(data, model, factory):
-  """A predict function's texts equal `generate` decoded, and over 8 devices equal one."""
+  """A predict function's texts equal `generate` (and `beam_generate`) decoded, and over 8
+  devices equal one."""
   from paligemma_jax.data.eval_input import eval_batches, eval_rows
   from paligemma_jax.inference import generate
   config, params, processor = model
@@ -136,6 +137,10 @@ def test_predictions_are_the_model_greedy_decoding(data, model, factory):
   assert factory(spec.decoding)(batch) == want
   eight = make_predict_fn(config, params, processor, spec.decoding)  # 3 rows padded to 8
   assert eight(batch) == want
+  beams = beam_generate(config, params, batch, 4, processor.tokenizer.eos_id,
+                        beam=BeamSearch(num_beams=2, length_penalty=0.0))
+  beam_fn = factory(Decoding("beam", num_beams=2, length_penalty=0.0, max_decode_len=4))
+  assert beam_fn(batch) == [processor.tokenizer.decode(row) for row in beams.tokens[:, 0]]
 
 
 def test_perplexity_equals_score_of_the_first_reference(data, model, factory, tmp_path):
