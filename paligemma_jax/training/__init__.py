@@ -10,8 +10,21 @@ from paligemma_jax.training.loss import (ShiftedText, bv_loss, hf_loss, shift_fo
 from paligemma_jax.training.optimizer import (WD_PATTERN, OptimizerConfig, ScheduleConfig,
                                               frozen_mask, learning_rate, make_optimizer,
                                               make_schedule, optimizer_step, param_paths)
+from paligemma_jax.training.config import (MeshSettings, ModelSettings, TrainConfig,
+                                           model_config, parse_train_config, validate)
+from paligemma_jax.training.state import (TrainState, abstract_state, init_state,
+                                          load_pretrained, resample_posemb, state_from_params,
+                                          state_shardings)
+from paligemma_jax.training.step import StepSettings, batch_loss, loss_and_grads, make_train_step
+from paligemma_jax.training.predictor import Predictor
+from paligemma_jax.training.trainer import NonFiniteError, initialize_distributed, train
 
 __all__ = [
+    "MeshSettings", "ModelSettings", "TrainConfig", "model_config", "parse_train_config",
+    "validate", "TrainState", "abstract_state", "init_state", "load_pretrained",
+    "resample_posemb", "state_from_params", "state_shardings", "StepSettings", "batch_loss",
+    "loss_and_grads", "make_train_step", "Predictor", "NonFiniteError",
+    "initialize_distributed", "train",
     "ShiftedText", "bv_loss", "hf_loss", "shift_for_loss", "token_losses",
     "WD_PATTERN", "OptimizerConfig", "ScheduleConfig", "frozen_mask", "learning_rate",
     "make_optimizer", "make_schedule", "optimizer_step", "param_paths",
