@@ -170,7 +170,8 @@ def test_eval_py_config_on_a_jsonl_split(tmp_path, tiny_checkpoint, standin_toke
   rows = []
   for i in range(3):
     rng = np.random.default_rng(i)
-    PIL.Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    pixels = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(tmp_path / f"{i}.png")
     rows.append({"image": f"{i}.png", "image/id": 10 + i,
                  "captions": {"text": [f"a photo number {i}", "a small picture"]}})
   split = write_rows(tmp_path / "val.jsonl", rows)
@@ -191,7 +192,8 @@ def test_eval_py_config_on_a_jsonl_split(tmp_path, tiny_checkpoint, standin_toke
   want = cider([r["prediction"] for r in written], [r["references"] for r in written])
   assert metrics["cider"] == pytest.approx(want["cider"]) and metrics["num"] == 3
   again = eval_py(*args)  # outputs exist: refused before the model loads
-  assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr.strip().splitlines()[-1]
+  assert again.returncode == 2
+  assert "exists; pass --overwrite" in again.stderr.strip().splitlines()[-1]
   typo = eval_py(*args, f"{key}.batchsize=3")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1].startswith(
       "error: unknown config key")

@@ -90,7 +90,8 @@ def test_table_names_and_unknown_evaluator():
           "perplexity"} <= set(EVALUATORS)
   with pytest.raises(ValueError) as e:
     get_evaluator("cidr")
-  assert "\n" not in str(e.value) and "unknown evaluator 'cidr'; valid evaluators: vqa, " in str(e.value)
+  message = str(e.value)
+  assert "\n" not in message and "unknown evaluator 'cidr'; valid evaluators: vqa, " in message
 
 
 def test_caption_and_vqa_end_to_end(data, model, factory, tmp_path):
@@ -101,7 +102,8 @@ def test_caption_and_vqa_end_to_end(data, model, factory, tmp_path):
   # Captions: the written rows, CIDEr recomputed from them by hand.
   rows = read_rows(tmp_path / "cap")
   assert [r["id"] for r in rows] == [f"img{i}" for i in range(5)]
-  assert [r["references"] for r in rows] == CAPTIONS and {r["prompt"] for r in rows} == {"caption en"}
+  assert [r["references"] for r in rows] == CAPTIONS
+  assert {r["prompt"] for r in rows} == {"caption en"}
   preds = [r["prediction"] for r in rows]
   want = cider(preds, [r["references"] for r in rows])
   assert metrics["cap/cider"] == pytest.approx(want["cider"]) and metrics["cap/num"] == 5
@@ -363,3 +365,54 @@ def test_refcoco_seg_rows_with_masks(monkeypatch):
   assert out["boxacc/0.5"] == pytest.approx(1 / 3) and out["invalid"] == 1
   with pytest.raises(ValueError, match="set the evaluator option vqvae"):
     evaluator.stats(rows, **evaluator.check_options("refcoco_seg", {}))
+
+
+# --- two real JAX processes (jax.distributed on 127.0.0.1): the default gather -----------------
+
+WORKER = """
+import json, sys
+import jax
+process, port, split, tokenizer, out = sys.argv[1:]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process))
+from paligemma_jax.data.processor import Processor
+from paligemma_jax.data.tokenizer import Tokenizer
+from paligemma_jax.evaluation import evaluate, parse_evals
+def factory(decoding):
+  return lambda b: [r[0] if str(i)[-1] in "02468" else "nothing"
+                    for i, r in zip(b["ids"], b["references"])]
+specs = parse_evals({e: {"evaluator": e, "batch_size": 2,
+                         "data": {"jsonl": split, "task_options": {"id_key": "id"}}}
+                     for e in ("cider", "exact_match")})
+metrics = evaluate(specs, factory, Processor(Tokenizer(tokenizer), 28, 4), output_dir=out,
+                   progress=False)
+json.dump(metrics, open(f"{out}/metrics-{process}.json", "w"))
+"""
+
+
+@pytest.mark.slow  # ~20 s: two fresh Python processes import jax and grain
+def test_two_real_processes_gather_with_process_allgather(data, model, standin_tokenizer_path,
+                                                          tmp_path):
+  import os
+  import socket
+  import subprocess
+  import sys
+  _, _, processor = model
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(p), str(port), data["caption"],
+                             str(standin_tokenizer_path), str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for p in range(2)]
+  for proc in procs:
+    output = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+  got = [json.loads((tmp_path / f"metrics-{p}.json").read_text()) for p in range(2)]
+  assert got[0] == got[1]
+  specs = parse_evals({e: {"evaluator": e, "batch_size": 2,
+                           "data": {"jsonl": data["caption"], "task_options": {"id_key": "id"}}}
+                       for e in ("cider", "exact_match")})
+  want = evaluate(specs, fake_predict_factory, processor, progress=False)
+  assert got[0] == pytest.approx(want) and want["cider/num"] == 5
+  assert len(read_rows(tmp_path / "cider")) == 5

@@ -6,8 +6,8 @@ frozen dataclasses: `parse_eval_config(config) -> EvalConfig` for eval.py, and
         settings can be overridden as --config.evals.NAME.KEY=...); an eval has
         name: str              metric prefix and output sub-folder ("cococap_val")
         evaluator: str         a name of evaluation.EVALUATORS ("cider", "vqav2", ...)
-        data: {...}            a data.MemberConfig: TFDS name/config/split/data_dir or jsonl/image_dir,
-                               plus task and task_options (which rows the split makes)
+        data: {...}            a data.MemberConfig: TFDS name/config/split/data_dir or
+                               jsonl/image_dir, plus task and task_options (the rows it makes)
         decoding: {sampler, num_beams, length_penalty, max_decode_len}
                                sampler "greedy" | "beam" | "score" ("" = greedy; score for
                                perplexity); max_decode_len 0 = text_len
