@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+QUANTIZATION_KINDS = ("int8", "int4")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -95,12 +96,33 @@ class GemmaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizationConfig:
+  """Weight-only quantization of the matmul weights (see `models/quantize.py`).
+
+  kind: "int8" (one scale per output channel) or "int4" (one scale per `group_size` elements of
+  the last contraction axis, two values packed per int8 byte). vision: the SigLIP blocks too
+  (by default only the Gemma decoder's attention and MLP weights; never the embedding).
+  """
+
+  kind: str = "int8"
+  group_size: int = 128
+  vision: bool = False
+
+  def __post_init__(self):
+    _check_choice("quantization kind", self.kind, QUANTIZATION_KINDS)
+    if self.group_size < 2 or self.group_size % 2:
+      raise ValueError(f"int4 group_size must be an even number >= 2, got {self.group_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PaliGemmaConfig:
   """PaliGemma = SigLIP + linear projector + Gemma, plus runtime numerics.
 
   dtype: compute dtype of activations; param_dtype: storage dtype of parameters.
   remat: rematerialisation policy of each scanned layer ("none", "full", "dots", "dots_no_batch").
   position_offset: first position id (1 matches HF's bf16 rounding; 0 is big_vision's).
+  quantization: None, or how the params' matmul weights are stored (`QuantizationConfig`); the
+    modules read it from the params, the config records it for checkpoints and shardings.
   """
 
   vision: SigLIPConfig = SigLIPConfig()
@@ -110,6 +132,7 @@ class PaliGemmaConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   position_offset: int = 1
+  quantization: QuantizationConfig | None = None
 
   def __post_init__(self):
     _check_choice("dtype", self.dtype, DTYPES)
@@ -147,7 +170,9 @@ class PaliGemmaConfig:
     d = dict(d)
     vision = SigLIPConfig(**d.pop("vision", {}))
     text = GemmaConfig(**d.pop("text", {}))
-    return cls(vision=vision, text=text, **d)
+    quant = d.pop("quantization", None)
+    quant = None if quant is None else QuantizationConfig(**quant)
+    return cls(vision=vision, text=text, quantization=quant, **d)
 
 
 def _replace_checked(obj: Any, changes: dict[str, Any]) -> Any:

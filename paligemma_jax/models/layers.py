@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from paligemma_jax.models import cpu_matmul, cpu_path
+from paligemma_jax.models import cpu_matmul, cpu_path, quantize
 
 Initializer = Callable[..., jax.Array]
 
@@ -66,7 +66,9 @@ class Einsum(nn.Module):
   """A weight `w` (and optional bias `b`) applied with an einsum spec given at call time.
 
   The first `n_in` axes of `shape` are contracted with the input (they set the init's fan-in);
-  the bias has the shape of the remaining, output axes.
+  the bias has the shape of the remaining, output axes. Params quantized by
+  `quantize.quantize_params` (`w_int8` or `w_int4` and `w_scale` instead of `w`) are dequantized
+  to the compute dtype inside the einsum.
   """
 
   shape: tuple[int, ...]
@@ -78,10 +80,13 @@ class Einsum(nn.Module):
 
   @nn.compact
   def __call__(self, spec: str, x: jax.Array) -> jax.Array:
-    init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
-    w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
-                   self.param_dtype)
-    y = einsum_f32(spec, x.astype(self.dtype), w.astype(self.dtype))
+    x = x.astype(self.dtype)
+    w = quantize.quantized_weight(self, self.n_in, self.dtype, after=x)  # int8 / int4 params
+    if w is None:
+      init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
+      w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
+                     self.param_dtype).astype(self.dtype)
+    y = einsum_f32(spec, x, w)
     if self.use_bias:
       b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                        self.axes[self.n_in:]),
