@@ -38,6 +38,10 @@ flags.DEFINE_bool("json", False, "Print machine-readable JSON (text, token ids, 
 flags.DEFINE_string("overlay", None, "Write boxes / masks over the image to this PNG.")
 flags.DEFINE_string("vqvae", None, "Segmentation VQ-VAE (vae-oid.npz or converted Orbax dir).")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+flags.DEFINE_enum("quantize", "none", ["none", "int8", "int4"],
+                  "Weight-only quantization of the decoder's matmul weights at load time "
+                  "(a checkpoint saved quantized loads quantized without it).")
+flags.DEFINE_integer("quantize_group_size", 128, "int4: contraction elements per scale.")
 flags.DEFINE_bool("show_mask", False, "Also print the prompt's attention mask.")
 config_flags.DEFINE_config_file("config", None, "Batch inference over a TFDS split: a config "
                                  "file (configs/*.py[:arg]); override fields as --config.KEY=...")
@@ -46,7 +50,7 @@ FLAGS = flags.FLAGS
 _NOT_WITH_CONFIG = ("checkpoint", "tokenizer", "image", "prompt", "input_jsonl", "output_jsonl",
                     "batch_size", "max_new_tokens", "max_length", "sampler", "temperature",
                     "top_k", "top_p", "num_beams", "length_penalty", "seed", "json", "overlay",
-                    "vqvae", "show_mask")
+                    "vqvae", "show_mask", "quantize", "quantize_group_size")
 
 
 def _run_config():
@@ -91,7 +95,8 @@ def main(argv):
               overwrite=FLAGS.overwrite, show_mask=FLAGS.show_mask, max_length=FLAGS.max_length,
               sampler=FLAGS.sampler, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
               top_p=FLAGS.top_p, num_beams=FLAGS.num_beams, length_penalty=FLAGS.length_penalty,
-              seed=FLAGS.seed))
+              seed=FLAGS.seed, quantize=FLAGS.quantize,
+              quantize_group_size=FLAGS.quantize_group_size))
   except (ValueError, OSError) as e:  # bad input: one line, no traceback
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -20,23 +20,32 @@ import numpy as np
 from paligemma_jax.conversion import load_hf_checkpoint
 from paligemma_jax.data import Processor, Tokenizer
 from paligemma_jax.models import PaliGemma, PaliGemmaConfig, check_image_tokens
+from paligemma_jax.models.config import QuantizationConfig
+from paligemma_jax.models.quantize import as_quantization, quantize_loaded
 
 
-def load_checkpoint(path: str | os.PathLike, **options: Any) -> tuple[PaliGemmaConfig, dict]:
+def load_checkpoint(path: str | os.PathLike, *,
+                    quantize: str | QuantizationConfig | None = None,
+                    quantize_group_size: int = 128, quantize_vision: bool = False,
+                    **options: Any) -> tuple[PaliGemmaConfig, dict]:
   """(config, {"params": ...}) from an HF folder (config.json + safetensors) or an Orbax params
   checkpoint (`paligemma_jax.checkpoints`, config inside).
 
   Options: `param_dtype`, `dtype` and `PaliGemmaConfig.replace` overrides such as
   `**{"text.final_logit_softcap": None}`; by default the model follows the checkpoint's config.
+  `quantize="int8"` or `"int4"` stores the decoder's matmul weights (and SigLIP's with
+  `quantize_vision`) as integers (`models/quantize.py`; int4 groups of `quantize_group_size`); a
+  checkpoint saved quantized loads quantized as it is.
   """
+  quant = as_quantization(quantize, quantize_group_size, quantize_vision)
   path = os.fspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"checkpoint not found: {path} is not a directory")
   if any(name.endswith(".safetensors") for name in os.listdir(path)):
-    return load_hf_checkpoint(path, **options)
+    return quantize_loaded(*load_hf_checkpoint(path, **options), quant)
   from paligemma_jax import checkpoints  # Orbax is imported only for Orbax checkpoints
   config, params = checkpoints.load_params(path, dtype=options.pop("param_dtype", None))
-  return (config.replace(**options) if options else config), params
+  return quantize_loaded(config.replace(**options) if options else config, params, quant)
 
 
 def make_processor(config: PaliGemmaConfig, tokenizer: str | os.PathLike | Tokenizer,

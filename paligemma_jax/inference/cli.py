@@ -53,8 +53,12 @@ def describe(result: Result, tokenizer: Tokenizer) -> str:
 def main(*, checkpoint: str, tokenizer: str, images: Sequence[str], prompt: str | None,
          input_jsonl: str | None, output_jsonl: str | None, max_new_tokens: int,
          batch_size: int, as_json: bool, overlay: str | None, vqvae: str | None,
-         overwrite: bool, show_mask: bool, max_length: int, **sampler_flags: Any) -> str:
-  """Runs one prompt (returns the text to print) or a JSONL batch (returns the summary)."""
+         overwrite: bool, show_mask: bool, max_length: int, quantize: str = "none",
+         quantize_group_size: int = 128, **sampler_flags: Any) -> str:
+  """Runs one prompt (returns the text to print) or a JSONL batch (returns the summary).
+
+  `quantize` ("int8" / "int4") loads the weights quantized (`models/quantize.py`).
+  """
   options = decoding_options(**sampler_flags)
   if max_new_tokens < 1:
     raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -64,7 +68,8 @@ def main(*, checkpoint: str, tokenizer: str, images: Sequence[str], prompt: str 
     raise ValueError("--input_jsonl needs --output_jsonl")
   if overlay and os.path.exists(overlay) and not overwrite:
     raise FileExistsError(f"{overlay} exists; pass --overwrite to replace it")
-  pipe = Pipeline.load(checkpoint, tokenizer, vqvae=vqvae, max_length=max_length)
+  pipe = Pipeline.load(checkpoint, tokenizer, vqvae=vqvae, max_length=max_length,
+                       quantize=quantize, quantize_group_size=quantize_group_size)
   if input_jsonl is not None:
     summary = run_jsonl(pipe, input_jsonl, output_jsonl, batch_size=batch_size,
                         overwrite=overwrite, max_new_tokens=max_new_tokens, **options)
@@ -100,7 +105,8 @@ def run_config(config: Any, *, overwrite: bool = False) -> str:
   rows, total = tfds_job(settings.data, cfg.task, process_index=index, process_count=count)
   mesh = None if count == 1 else sharding.make_mesh(devices=jax.local_devices())
   pipe = Pipeline.load(cfg.checkpoint, cfg.tokenizer, vqvae=cfg.vqvae or None,
-                       image_method=cfg.image_method, max_length=cfg.max_length, mesh=mesh)
+                       image_method=cfg.image_method, max_length=cfg.max_length, mesh=mesh,
+                       quantize=cfg.quantize, quantize_group_size=cfg.quantize_group_size)
   summary = predict_rows(pipe, rows, output, batch_size=settings.batch_size,
                          overwrite=overwrite or settings.overwrite,
                          max_new_tokens=settings.max_decode_len, total=total, **options)

@@ -8,6 +8,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
     vqvae: str             VQ-VAE for segment masks ("" = boxes only)
     image_method: str      "hf" or "big_vision" image preprocessing
     max_length: int        prompt + new tokens at most
+    quantize: str          "none", "int8" or "int4" weight-only quantization at load time
+    quantize_group_size: int  int4: contraction elements per scale (default 128)
     task: {name, ...}      a task of paligemma_jax.data.TASKS and its options (shared with training)
     infer: {data: {name, split, data_dir, image_decoder}, output, batch_size, max_decode_len,
             sampler, num_beams, length_penalty, temperature, top_k, top_p, seed, overwrite}
@@ -60,6 +62,9 @@ class InferSettings:
                        f"{', '.join(SAMPLERS)}")
 
 
+QUANTIZE_CHOICES = ("none", "int8", "int4")
+
+
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
   """A whole inference config, typed; `task` is already built."""
@@ -71,8 +76,13 @@ class InferConfig:
   vqvae: str = ""
   image_method: str = "hf"
   max_length: int = 8192
+  quantize: str = "none"
+  quantize_group_size: int = 128
 
   def __post_init__(self) -> None:
+    if self.quantize not in QUANTIZE_CHOICES:
+      raise ValueError(f"config.quantize {self.quantize!r} is unknown; use one of "
+                       f"{', '.join(QUANTIZE_CHOICES)}")
     for name in ("checkpoint", "tokenizer"):
       if not getattr(self, name):
         raise ValueError(f"config.{name} is not set; pass --config.{name}=PATH")

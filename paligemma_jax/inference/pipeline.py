@@ -27,7 +27,9 @@ from paligemma_jax.inference.decode import as_key, decode_tokens
 from paligemma_jax.inference.parsers import (DetectedObject, clean_generated_text, mask_decoder,
                                              parse_detections, parse_segmentations)
 from paligemma_jax.inference.sampling import GREEDY, Sampler
-from paligemma_jax.models import PaliGemmaConfig
+from paligemma_jax.models import PaliGemmaConfig, param_shapes
+from paligemma_jax.models.config import QuantizationConfig
+from paligemma_jax.models.quantize import quantized_shardings
 
 DEFAULT_MAX_LENGTH = 8192  # Gemma's position range; prompt + new tokens must fit
 
@@ -82,15 +84,18 @@ class Pipeline:
     self.tokenizer = processor.tokenizer
     self.mesh = mesh or sharding.make_mesh()
     # Params replicated across the data axis (with the default mesh every spec is replicated).
-    self.params = jax.device_put(params, sharding.param_shardings(config, self.mesh))
+    self.params = jax.device_put(params, param_shardings(config, self.mesh))
     self.decode_fn = None if vqvae_params is None else mask_decoder(vqvae_params)
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, *,
-           vqvae: str | os.PathLike | None = None, image_method: str = "hf", **options: Any
-           ) -> "Pipeline":
+           vqvae: str | os.PathLike | None = None, image_method: str = "hf",
+           quantize: str | QuantizationConfig | None = None, quantize_group_size: int = 128,
+           **options: Any) -> "Pipeline":
+    """`quantize` ("int8" / "int4") loads the weights quantized (see `api.load_checkpoint`)."""
     from paligemma_jax.api import load_checkpoint, make_processor  # api composes the pieces
-    config, params = load_checkpoint(checkpoint)
+    config, params = load_checkpoint(checkpoint, quantize=quantize,
+                                     quantize_group_size=quantize_group_size)
     processor = make_processor(config, Tokenizer(tokenizer), image_method)
     return cls(config, params, processor,
                vqvae_params=None if vqvae is None else load_vqvae(vqvae), **options)
@@ -152,6 +157,15 @@ class Pipeline:
     elif task == "segment":
       objects = parse_segmentations(text, image_hw(first), self.decode_fn)
     return Result(prompt, text, ids, float(logprob), objects)
+
+
+def param_shardings(config: PaliGemmaConfig, mesh: jax.sharding.Mesh) -> dict:
+  """`sharding.param_shardings`, for quantized params too (`models/quantize.py`)."""
+  plain = config.replace(quantization=None)
+  shardings = sharding.param_shardings(plain, mesh)
+  if config.quantization is None:
+    return shardings
+  return quantized_shardings(shardings, param_shapes(plain), config.quantization)
 
 
 def _pad_rows(batch: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:
