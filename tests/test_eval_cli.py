@@ -197,3 +197,16 @@ def test_eval_py_config_on_a_jsonl_split(tmp_path, tiny_checkpoint, standin_toke
   typo = eval_py(*args, f"{key}.batchsize=3")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1].startswith(
       "error: unknown config key")
+
+
+@pytest.mark.parametrize("name", ["eval_cococap", "eval_vqav2"])
+def test_example_configs_parse(name):
+  import runpy
+  from paligemma_jax.evaluation import parse_eval_config
+  config = runpy.run_path(str(REPO / f"configs/{name}.py"))["get_config"]()
+  config.checkpoint, config.tokenizer, config.output_dir = "ckpt", "tok.model", "out"
+  parsed = parse_eval_config(config)
+  assert parsed.evals and all(spec.decoding.max_decode_len >= 1 for spec in parsed.evals)
+  with pytest.raises(ValueError, match="config.output_dir is not set"):
+    config.output_dir = ""
+    parse_eval_config(config)
