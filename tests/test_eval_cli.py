@@ -210,3 +210,14 @@ def test_example_configs_parse(name):
   with pytest.raises(ValueError, match="config.output_dir is not set"):
     config.output_dir = ""
     parse_eval_config(config)
+
+
+def test_vqa_single_answer_option(tmp_path):
+  """GQA-style single `answer`: exact match; an `answers` list of one scores 1/3 (§1)."""
+  path = preds(tmp_path, [{"prediction": "yes", "references": ["yes"]},
+                          {"prediction": "no", "references": ["yes"]}])
+  assert score_predictions(path, "vqa", {"single_answer": True})["acc"] == 0.5
+  assert score_predictions(path, "vqa")["acc"] == pytest.approx(1 / 6)
+  two = preds(tmp_path, [{"prediction": "yes", "references": ["yes", "no"]}], "two.jsonl")
+  with pytest.raises(ValueError, match="example 0 has 2 references but single_answer is set"):
+    score_predictions(two, "vqa", {"single_answer": True})

@@ -128,8 +128,17 @@ def _optional_column(metric: str, rows: Sequence[PredictionRow], key: str) -> li
   return _column(rows, key)
 
 
-def _vqa(rows, *, to_lower: bool) -> Stats:
-  return vqa_accuracy_stats(_predictions(rows), _references(rows), to_lower=to_lower)
+def _vqa(rows, *, to_lower: bool, single_answer: bool) -> Stats:
+  """`single_answer`: the dataset has one `answer` (GQA, OCR-VQA, ...), scored by exact match;
+  otherwise the references are an `answers` list, min(1, #matches / 3) even for a list of one
+  (evaluators.md §1)."""
+  refs = _references(rows)
+  if single_answer:
+    for i, r in enumerate(refs):
+      if isinstance(r, list) and len(r) != 1:
+        raise ValueError(f"vqa: example {i} has {len(r)} references but single_answer is set")
+    refs = [r[0] if isinstance(r, list) else r for r in refs]
+  return vqa_accuracy_stats(_predictions(rows), refs, to_lower=to_lower)
 
 
 def _vqav2(rows, *, answer_type_key: str) -> Stats:
@@ -214,7 +223,7 @@ def _perplexity(rows) -> Stats:
 
 # The one table from config names to evaluators (evaluators.md §12 for which task uses which).
 EVALUATORS: dict[str, Evaluator] = {
-    "vqa": Evaluator(_vqa, vqa_accuracy_from_stats, {"to_lower": False}),
+    "vqa": Evaluator(_vqa, vqa_accuracy_from_stats, {"to_lower": False, "single_answer": False}),
     "vqav2": Evaluator(_vqav2, vqav2_accuracy_from_stats, {"answer_type_key": "answer_type"}),
     "anls": Evaluator(_anls, anls_from_stats, {"to_lower": False}),
     "chartqa": Evaluator(_chartqa, chartqa_accuracy_from_stats, {"to_lower": True}),
