@@ -212,6 +212,32 @@ def test_two_processes_give_the_metrics_of_one(data, model, tmp_path, evaluator)
     assert one.metrics["cider"] > 0
 
 
+def test_bad_data_on_one_process_fails_every_process(data, model, tmp_path):
+  """A row without references on process 1 stops both processes with its one line (none is
+  left waiting in the gather)."""
+  _, _, processor = model
+  rows = [{"image": "0.png", "prefix": "caption en", "suffix": ["a"]},
+          {"image": "1.png", "prefix": "caption en", "suffix": []}]
+  path = write_jsonl(pathlib.Path(data["folder"]) / "half.jsonl", rows)
+  [spec] = parse_evals([{**caption_eval(data), "data": {"jsonl": path}}])
+  gathers, raised = threaded_gather(2), {}
+
+  def run(index):
+    try:
+      run_eval(spec, fake_predict_factory, processor, folder=str(tmp_path), process_index=index,
+               process_count=2, gather=gathers(index), progress=False)
+    except ValueError as e:
+      raised[index] = str(e)
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  assert raised == {0: "eval 'cap': row 1 has no references (evaluator 'cider' needs "
+                       "prediction, references)"} | {1: raised.get(0)}
+  assert not list(tmp_path.iterdir())
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 

@@ -120,23 +120,21 @@ def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Pr
   if folder:
     check_outputs(folder, overwrite)
   start = time.perf_counter()
+  # Bad data fails every process after the gather, so that none waits for a failed one.
   try:
-    rows = eval_rows(spec.data, process_index=index, process_count=count)
-  except ValueError as e:
-    raise ValueError(f"eval {spec.name!r}: {e}") from None
-  predict = predict_fn_factory(spec.decoding)
-  local: list[dict[str, Any]] = []
-  errors: list[dict[str, Any]] = []
-  with tqdm.tqdm(desc=spec.name, unit="ex", disable=not progress or index != 0) as bar:
-    for group in row_groups(rows, spec, evaluator, errors):
-      local += _predict_group(spec, evaluator, predict, processor, group)
-      bar.update(len(group))
-  try:
-    stats = evaluator.stats(local, **spec.options) if local else {}
-  except ValueError as e:  # "example i" counts this process's scored rows from 0
-    raise ValueError(f"eval {spec.name!r}: {e}") from None
+    local, errors = predict_share(spec, evaluator, predict_fn_factory, processor, index, count,
+                                  progress)
+    stats, failure = evaluator.stats(local, **spec.options) if local else {}, None
+  except ValueError as e:  # a metric's "example i" counts this process's rows from 0
+    prefix = f"eval {spec.name!r}: "
+    local, errors, stats = [], [], {}
+    failure = str(e) if str(e).startswith(prefix) else prefix + str(e)
   parts = [json.loads(p) for p in gather(json.dumps(
-      {"stats": stats, "rows": [_jsonable(r) for r in local], "errors": errors}).encode())]
+      {"stats": stats, "rows": [_jsonable(r) for r in local], "errors": errors,
+       "failure": failure}).encode())]
+  failures = [p["failure"] for p in parts if p["failure"]]
+  if failures:
+    raise ValueError(failures[0])
   rows_all = [r for p in parts for r in p["rows"]]
   errors_all = [e for p in parts for e in p["errors"]]
   if not rows_all:
@@ -151,6 +149,21 @@ def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Pr
   if folder and index == 0:
     write_outputs(folder, rows_all + errors_all, metrics, overwrite=overwrite)
   return EvalResult(metrics, len(rows_all), len(errors_all), time.perf_counter() - start, folder)
+
+
+def predict_share(spec: EvalSpec, evaluator: Evaluator, predict_fn_factory: PredictFnFactory,
+                  processor: Processor, index: int, count: int, progress: bool = True
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """This process's prediction rows, and its {id, error} rows (examples that cannot be read)."""
+  rows = eval_rows(spec.data, process_index=index, process_count=count)
+  predict = predict_fn_factory(spec.decoding)
+  local: list[dict[str, Any]] = []
+  errors: list[dict[str, Any]] = []
+  with tqdm.tqdm(desc=spec.name, unit="ex", disable=not progress or index != 0) as bar:
+    for group in row_groups(rows, spec, evaluator, errors):
+      local += _predict_group(spec, evaluator, predict, processor, group)
+      bar.update(len(group))
+  return local, errors
 
 
 def row_groups(rows: Iterable[Row], spec: EvalSpec, evaluator: Evaluator,
