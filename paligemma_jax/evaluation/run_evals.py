@@ -39,6 +39,7 @@ import numpy as np
 import tqdm
 
 from paligemma_jax.data.eval_input import eval_batches, eval_rows
+from paligemma_jax.data.input_pipeline import open_member
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tasks import Row
 from paligemma_jax.evaluation.eval_config import EvalSpec
@@ -156,13 +157,17 @@ def predict_share(spec: EvalSpec, evaluator: Evaluator, predict_fn_factory: Pred
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """This process's prediction rows, and its {id, error} rows (examples that cannot be read)."""
   rows = eval_rows(spec.data, process_index=index, process_count=count)
+  show = progress and index == 0
+  member = open_member(spec.data) if show else None  # the bar's total, where it is known
+  total = len(range(len(member.source))[index::count]) \
+      if member and member.task.one_row_per_example else None
   predict = predict_fn_factory(spec.decoding)
   local: list[dict[str, Any]] = []
   errors: list[dict[str, Any]] = []
-  with tqdm.tqdm(desc=spec.name, unit="ex", disable=not progress or index != 0) as bar:
+  with tqdm.tqdm(desc=spec.name, unit="ex", total=total, disable=not show) as bar:
     for group in row_groups(rows, spec, evaluator, errors):
       local += _predict_group(spec, evaluator, predict, processor, group)
-      bar.update(len(group))
+      bar.update(len(local) + len(errors) - bar.n)  # skipped rows count toward the total
   return local, errors
 
 
