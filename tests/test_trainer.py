@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import compile_cache
 from paligemma_jax import checkpoints
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import trainer
@@ -26,17 +27,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """Each train() call builds its step anew; a persistent cache compiles the same HLO once (also
-  across the subprocesses below). Restored after this module."""
-  directory = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {n: getattr(jax.config, n) for n in names}
-  for name, value in zip(names, (directory, 0.0, 0)):
-    jax.config.update(name, value)
-  yield directory
-  for name, value in saved.items():
-    jax.config.update(name, value)
+  """Each train() call builds its step anew: compile the same HLO once (subprocesses too)."""
+  with compile_cache.compilation_cache(str(tmp_path_factory.mktemp("jax_cache"))) as directory:
+    yield directory
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +182,7 @@ def test_kill_9_mid_run_then_rerun_matches(shapes, uninterrupted, tmp_path, comp
       f"def get_config():\n  return ml_collections.ConfigDict({tiny_config(shapes).to_dict()!r})\n")
   command = [sys.executable, str(REPO / "train.py"), f"--config={config}",
              f"--workdir={workdir}", "--config.checkpoint_every=1"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **compile_cache.env(compilation_cache)}
   proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 120
   while time.time() < deadline and not (workdir / "checkpoints" / "3").exists():
