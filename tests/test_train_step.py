@@ -7,6 +7,9 @@ conftest.py gives this process 8 simulated CPU devices; single-device runs use a
 from __future__ import annotations
 
 import functools
+import json
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -204,3 +207,30 @@ def test_resample_posemb_is_scipy_zoom_order_1():
     want = ndimage.zoom(old.reshape(4, 4, 3), (grid / 4, grid / 4, 1), order=1)
     got = np.asarray(state_lib.resample_posemb(old, grid * grid))
     np.testing.assert_allclose(got, want.reshape(grid * grid, 3), atol=1e-6)
+
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "train_state_sharding.json"
+
+
+def _state_specs(variant: str) -> dict[str, str]:
+  from paligemma_jax.models import get_variant
+  from paligemma_jax.training.optimizer import OptimizerConfig, make_optimizer
+  config = get_variant(variant)
+  mesh = S.make_mesh(2, 2, 2)
+  params = state_lib.abstract_state(config, optax.identity(), mesh).params
+  tx = make_optimizer(OptimizerConfig(name="adam", freeze=("vision/.*",)), params, 100)
+  abstract = state_lib.abstract_state(config, tx, mesh)
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): str(tuple(x.sharding.spec))
+          for path, x in jax.tree_util.tree_leaves_with_path(abstract)}
+
+
+def test_train_state_shardings_match_golden_file():
+  """Params and optimizer state of PaliGemma 2 3B on a 2x2x2 mesh, the ViT frozen (no state).
+  Regenerate with UPDATE_GOLDEN=1 after an intended change and review the diff."""
+  got = _state_specs("paligemma2_3b_224")
+  if os.environ.get("UPDATE_GOLDEN"):
+    GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+  assert got == json.loads(GOLDEN.read_text())
+  assert got["opt_state/inner_states/trained/inner_state/1/mu/params/llm/embedding"] == \
+      got["params/params/llm/embedding"] == "('model', 'fsdp')"
+  assert not any("mu/params/vision" in k for k in got)  # frozen params hold no state
