@@ -220,3 +220,16 @@ def test_non_finite_skip_drops_updates_and_finishes(shapes, tmp_path):
   assert np.isfinite(records[1]["l2_params"]) and records[1]["l2_params"] > 1e15
   assert records[1]["l2_params"] == records[2]["l2_params"] == records[3]["l2_params"]
   assert all(np.isfinite(x).all() for x in _params(tmp_path / "skip"))
+
+
+def test_demo_scoring_matches_boxes_by_iou_and_texts_exactly():
+  from paligemma_jax.training.demo_data import correct
+  target = "<loc0020><loc0072><loc0389><loc0440> red circle"
+  assert correct("detect red circle", "<loc0030><loc0080><loc0400><loc0430> red circle", target)
+  assert not correct("detect red circle", "<loc0030><loc0080><loc0400><loc0430> red square",
+                     target)
+  assert not correct("detect red circle", "<loc0500><loc0500><loc0900><loc0900> red circle",
+                     target)
+  assert not correct("detect red circle", "<loc0030> red circle", target)
+  assert correct("caption en", "a red circle on the left ", "a red circle on the left")
+  assert not correct("answer en what colour is the circle?", "blue", "red")

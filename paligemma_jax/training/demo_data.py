@@ -1,7 +1,7 @@
 """A toy task that a tiny PaliGemma learns in minutes on a CPU: coloured shapes at positions.
 
 Each image holds one shape (circle, square or triangle) in one colour at one of six places (left
-or right, top / middle / bottom). Every image gives three rows, written to JSONL in
+or right, top / middle / bottom), jittered by a few pixels, so held-out images are new images. Every image gives three rows, written to JSONL in
 big_vision's `bv:jsonl` layout ({"image", "prefix", "suffix"}):
 
     caption en                                -> "a red circle on the left"
@@ -10,6 +10,11 @@ big_vision's `bv:jsonl` layout ({"image", "prefix", "suffix"}):
 
     python -m paligemma_jax.training.demo_data --out /tmp/shapes   # train.jsonl, test.jsonl,
                                                                    # images/, tokenizer.model
+    python -m paligemma_jax.training.demo_data --out /tmp/shapes --evaluate WORKDIR
+                                      # held-out accuracy of WORKDIR/params, per task
+
+`evaluator(test_jsonl)` is the same check as a trainer `evaluate` hook: captions and answers by
+exact match, boxes by IoU >= 0.5 with the right name.
 
 `ensure_demo_data(dir)` writes it once (deterministic for a seed) and returns the paths; the
 stand-in tokenizer (data/standin_tokenizer.py) is trained into the same folder.
@@ -20,6 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -35,6 +43,7 @@ COLUMNS = {"left": 0.25, "right": 0.75}
 ROWS = (0.2, 0.5, 0.8)
 IMAGE_SIZE = 64
 SHAPE_SIZE = 0.36  # side of the shape's box, as a fraction of the image
+JITTER = 0.04  # uniform shift of the centre, as a fraction of the image
 
 
 def draw(shape: str, colour: str, cx: float, cy: float, size: int = IMAGE_SIZE
@@ -70,8 +79,9 @@ def write_split(out: pathlib.Path, name: str, num_images: int, rng: np.random.Ge
       shape = SHAPES[rng.integers(len(SHAPES))]
       colour = list(COLOURS)[rng.integers(len(COLOURS))]
       column = list(COLUMNS)[rng.integers(len(COLUMNS))]
-      cy = ROWS[rng.integers(len(ROWS))]
-      image, box = draw(shape, colour, COLUMNS[column], cy)
+      cy = ROWS[rng.integers(len(ROWS))] + rng.uniform(-JITTER, JITTER)
+      cx = COLUMNS[column] + rng.uniform(-JITTER, JITTER)
+      image, box = draw(shape, colour, cx, cy)
       path = f"images/{name}_{i:05d}.png"
       image.save(out / path)
       for prefix, suffix in rows_of(shape, colour, column, box):
@@ -93,13 +103,73 @@ def ensure_demo_data(out: str | pathlib.Path, num_train: int = 1000, num_test: i
   return {k: str(v) for k, v in paths.items()}
 
 
+def _box(text: str) -> tuple[list[float] | None, str]:
+  """(normalised box of the first four <loc> tokens or None, the text after them)."""
+  found = re.findall(r"<loc(\d{4})>", text)
+  rest = re.sub(r"<loc\d{4}>", "", text).strip()
+  return ([int(v) / 1023 for v in found[:4]] if len(found) >= 4 else None), rest
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+  inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0])) *
+           max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+  area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
+  return inter / max(area(a) + area(b) - inter, 1e-9)
+
+
+def correct(prefix: str, prediction: str, target: str) -> bool:
+  """Exact match, or for `detect` rows IoU >= 0.5 and the same name."""
+  if not prefix.startswith("detect"):
+    return prediction.strip() == target
+  (got, name), (want, want_name) = _box(prediction), _box(target)
+  return got is not None and _iou(got, want) >= 0.5 and name == want_name
+
+
+def evaluator(test_jsonl: str | pathlib.Path, batch_size: int = 32) -> Callable[[Any], dict]:
+  """An `evaluate(predictor)` hook: accuracy per task ("caption", "answer", "detect") and all."""
+  folder = pathlib.Path(test_jsonl).parent
+  rows = [json.loads(line) for line in open(test_jsonl)]
+
+  def evaluate(predict) -> dict[str, float]:
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(rows), batch_size):
+      chunk = rows[i:i + batch_size]
+      images = [PIL.Image.open(folder / r["image"]).convert("RGB") for r in chunk]
+      texts = predict.generate(images, [r["prefix"] for r in chunk], max_new_tokens=12)
+      for row, text in zip(chunk, texts):
+        hits.setdefault(row["prefix"].split()[0], []).append(
+            correct(row["prefix"], text, row["suffix"]))
+    out = {f"acc/{k}": float(np.mean(v)) for k, v in hits.items()}
+    out["acc"] = float(np.mean([h for v in hits.values() for h in v]))
+    return out
+
+  return evaluate
+
+
+def evaluate_workdir(workdir: str, data: dict[str, str]) -> dict[str, float]:
+  """Held-out accuracy of `workdir/params` (the trainer's final params)."""
+  from paligemma_jax import checkpoints
+  from paligemma_jax.api import make_processor
+  from paligemma_jax.training.predictor import Predictor
+  config, params = checkpoints.load_params(pathlib.Path(workdir) / "params")
+  processor = make_processor(config, data["tokenizer"])
+  return evaluator(data["test"])(Predictor(config, params, processor, step=-1))
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="folder to write the task into")
   parser.add_argument("--num_train", type=int, default=1000)
   parser.add_argument("--num_test", type=int, default=60)
+  parser.add_argument("--evaluate", metavar="WORKDIR", help="print held-out accuracy of "
+                      "WORKDIR/params instead")
   args = parser.parse_args(argv)
-  print(ensure_demo_data(args.out, args.num_train, args.num_test))
+  data = ensure_demo_data(args.out, args.num_train, args.num_test)
+  if args.evaluate:
+    for name, value in evaluate_workdir(args.evaluate, data).items():
+      print(f"{name}: {value:.3f}")
+  else:
+    print(data)
 
 
 if __name__ == "__main__":
