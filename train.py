@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   quiet_startup()
-  if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+  if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint write at INFO
   trainer.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                  FLAGS.process_id)
