@@ -7,6 +7,8 @@ pass --coordinator_address=host:port --num_processes=N --process_id=i on every p
 A workdir holding checkpoints resumes from the latest one. See paligemma_jax/training/.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +25,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def _parse_flags(argv):
+  """absl's parsing; a --config.KEY that names no config field is one line (exit 2)."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # how ml_collections reports an unknown override
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    print(f"error: unknown config key {str(e.args[0] if e.args else e).splitlines()[0]}; "
+          "see the config file for the valid keys", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   quiet_startup()
@@ -32,9 +46,10 @@ def main(argv):
                                  FLAGS.process_id)
   try:
     trainer.train(FLAGS.config, FLAGS.workdir)
-  except (ValueError, trainer.NonFiniteError) as e:
-    raise app.UsageError(str(e).splitlines()[0]) from None
+  except (ValueError, OSError, trainer.NonFiniteError) as e:  # one line, no traceback
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -233,3 +233,32 @@ def test_demo_scoring_matches_boxes_by_iou_and_texts_exactly():
   assert not correct("detect red circle", "<loc0030> red circle", target)
   assert correct("caption en", "a red circle on the left ", "a red circle on the left")
   assert not correct("answer en what colour is the circle?", "blue", "red")
+
+
+def test_fine_tune_from_a_params_checkpoint_at_a_new_resolution(shapes, uninterrupted, tmp_path):
+  c = tiny_config(shapes, init=str(uninterrupted[0] / "params"), total_steps=2,
+                  **{"model.vision.image_size": 56})
+  trainer.train(c, str(tmp_path / "ft"))
+  config, params = checkpoints.load_params(tmp_path / "ft" / "params")
+  assert config.vision.image_size == 56 and config.text.final_logit_softcap is None
+  assert params["params"]["vision"]["pos_embed"].shape == (16, 32)  # 2x2 grid resampled to 4x4
+  records = [r for r in _records(tmp_path / "ft") if "train_loss" in r]
+  # It starts from the trained weights: the first loss is far below a random init's (~30).
+  assert records[0]["train_loss"] < 0.8 * [r for r in _records(uninterrupted[0])
+                                           if "train_loss" in r][0]["train_loss"]
+
+
+def test_train_py_reports_bad_config_in_one_line(shapes, tmp_path):
+  config = tmp_path / "config.py"
+  config.write_text(
+      "import ml_collections\n"
+      f"def get_config():\n  return ml_collections.ConfigDict({tiny_config(shapes).to_dict()!r})\n")
+  for flag, message in (("--config.mesh.data=3", "error: config.mesh data=3 fsdp=1 model=1 does "
+                         "not fit the 1 devices"),
+                        ("--config.learning_rate=3", "error: unknown config key 'learning_rate'")):
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={config}",
+                           f"--workdir={tmp_path / 'w'}", flag], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "XLA_FLAGS": ""})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-500:]
+    assert len([l for l in done.stderr.splitlines() if l.startswith("error")]) == 1

@@ -59,11 +59,12 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     jax.distributed.initialize()
 
 
-def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: str, mesh: Mesh
-                  ) -> tuple[PaliGemmaConfig, dict | None]:
-  """(model config, pretrained params or None). A resumed run reads the config it wrote."""
+def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: str, mesh: Mesh,
+                  resuming: bool) -> tuple[PaliGemmaConfig, dict | None]:
+  """(model config, pretrained params or None). A resumed run reads the config it wrote and
+  loads nothing (its checkpoint holds the params)."""
   path = os.path.join(workdir, "model_config.json")
-  if os.path.exists(path):
+  if resuming and os.path.exists(path):
     with open(path) as f:
       return PaliGemmaConfig.from_dict(json.load(f)), None
   if not cfg.from_checkpoint:
@@ -147,7 +148,10 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh(*sizes)
   tokenizer = Tokenizer(cfg.tokenizer)
-  model, pretrained = _model_config(cfg, tokenizer, workdir, mesh)
+  ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                       keep=cfg.keep_checkpoints)
+  start = ckpt.latest_step()
+  model, pretrained = _model_config(cfg, tokenizer, workdir, mesh, start is not None)
   processor = make_processor(model, tokenizer, cfg.image_method)
   host = TrainInput(cfg.input, processor, process_index=jax.process_index(),
                     process_count=jax.process_count())
@@ -157,9 +161,6 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   trainable = jax.tree.map(lambda f: not f, frozen_mask(cfg.optimizer, abstract_params))
   lr_of = learning_rate(cfg.optimizer, total_steps)
 
-  ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
-                                       keep=cfg.keep_checkpoints)
-  start = ckpt.latest_step()
   if start is not None:
     _, state, extra = ckpt.restore(state_lib.abstract_state(model, tx, mesh))
     host.set_state(extra["input"])
