@@ -1,7 +1,7 @@
 """The demo: a tiny PaliGemma trained from random init on generated coloured shapes, on a CPU.
 
   python train.py --config configs/demo.py --workdir /tmp/demo_run
-  python train.py --config configs/demo.py:/tmp/shapes --workdir /tmp/demo_run --config.total_steps=50
+  python train.py --config configs/demo.py:/tmp/shapes --workdir /tmp/run --config.total_steps=50
 
 The argument is the folder of the toy task (default /tmp/paligemma_demo_data); it is generated
 there on first use (paligemma_jax/training/demo_data.py: images, train/test JSONL and the stand-in

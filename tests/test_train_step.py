@@ -193,11 +193,13 @@ def test_pretrained_params_load_sharded_with_resampled_pos_embed(tmp_path):
   want = state_lib.resample_posemb(np.asarray(params["params"]["vision"]["pos_embed"]), 16)
   np.testing.assert_allclose(np.asarray(pos), np.asarray(want), atol=1e-6)
   # The corners of a corner-aligned zoom are the old corners.
-  np.testing.assert_allclose(np.asarray(pos)[0], np.asarray(params["params"]["vision"]["pos_embed"])[0],
-                             atol=1e-6)
+  old = params["params"]["vision"]["pos_embed"]
+  np.testing.assert_allclose(np.asarray(pos)[0], np.asarray(old)[0], atol=1e-6)
   embedding = loaded["params"]["llm"]["embedding"]
-  assert embedding.sharding.spec == S.param_shardings(config, mesh)["params"]["llm"]["embedding"].spec
-  np.testing.assert_array_equal(np.asarray(embedding), np.asarray(params["params"]["llm"]["embedding"]))
+  want_spec = S.param_shardings(config, mesh)["params"]["llm"]["embedding"].spec
+  assert embedding.sharding.spec == want_spec
+  np.testing.assert_array_equal(np.asarray(embedding),
+                                np.asarray(params["params"]["llm"]["embedding"]))
 
 
 def test_resample_posemb_is_scipy_zoom_order_1():

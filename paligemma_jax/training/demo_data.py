@@ -1,8 +1,9 @@
 """A toy task that a tiny PaliGemma learns in minutes on a CPU: coloured shapes at positions.
 
 Each image holds one shape (circle, square or triangle) in one colour at one of six places (left
-or right, top / middle / bottom), jittered by a few pixels, so held-out images are new images. Every image gives three rows, written to JSONL in
-big_vision's `bv:jsonl` layout ({"image", "prefix", "suffix"}):
+or right, top / middle / bottom), jittered by a few pixels, so held-out images are new images.
+Every image gives three rows, written to JSONL in big_vision's `bv:jsonl` layout ({"image",
+"prefix", "suffix"}):
 
     caption en                                -> "a red circle on the left"
     answer en what colour is the circle?      -> "red"

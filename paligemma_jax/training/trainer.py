@@ -197,7 +197,7 @@ def _dummy_tx():
 
 
 class _Loop:
-  """The steps between `start` and `end`: data → step → checks → logs → checkpoints → evals."""
+  """The steps from `start` to `end`: data → step → checks → logs → checkpoints → evals."""
 
   def __init__(self, cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
                trainable, lr_fn, shardings):
