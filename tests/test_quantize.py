@@ -23,11 +23,12 @@ import PIL.Image
 import pytest
 
 from model_fixtures import CONFIGS, forward, make_batch, random_params
-from paligemma_jax import checkpoints
+from paligemma_jax import checkpoints, sharding
 from paligemma_jax.api import load_checkpoint
 from paligemma_jax.inference import generate
 from paligemma_jax.inference.decode import decode_tokens
-from paligemma_jax.inference.pipeline import Pipeline
+from paligemma_jax.inference.infer_config import parse_infer_config
+from paligemma_jax.inference.pipeline import Pipeline, param_shardings
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig, param_shapes
 from paligemma_jax.models import quantize
 from paligemma_jax.models.config import QuantizationConfig
@@ -194,3 +195,33 @@ def test_infer_cli_quantize(model_dir, standin_tokenizer_path, tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   out = json.loads(run.stdout.strip().splitlines()[-1])
   assert out["prompt"] == "caption en" and 1 <= len(out["tokens"]) <= 3
+
+
+def test_infer_config_quantize_choices():
+  base = {"checkpoint": "x", "tokenizer": "y", "task": {"name": "caption"},
+          "infer": {"data": {"name": "tiny", "split": "train"}, "output": "o.jsonl"}}
+  parsed = parse_infer_config({**base, "quantize": "int4", "quantize_group_size": 64})
+  assert (parsed.quantize, parsed.quantize_group_size) == ("int4", 64)
+  assert parse_infer_config(base).quantize == "none"
+  with pytest.raises(ValueError, match="config.quantize 'int3' is unknown; use one of none, int8"):
+    parse_infer_config({**base, "quantize": "int3"})
+  with pytest.raises(ValueError, match="even number"):
+    QuantizationConfig("int4", group_size=7)
+
+
+def test_quantized_params_shard_over_fsdp_and_model_axes():
+  config = bf16("pg2")
+  qconfig, qparams = quantize.quantize_loaded(config, random_params(config), INT4)
+  mesh = sharding.make_mesh(data=2, fsdp=2, model=2)
+  shardings = param_shardings(qconfig, mesh)
+  up = shardings["params"]["llm"]["layers"]["mlp"]["up"]
+  assert up["w_int4"].spec == up_spec(config, mesh)  # the weight's own sharding
+  placed = jax.device_put(qparams, shardings)
+  batch = make_batch(config, batch=2)
+  with sharding.activate(mesh):
+    sharded = forward(qconfig, placed, batch)
+  np.testing.assert_allclose(sharded, forward(qconfig, qparams, batch), atol=0.1)
+
+
+def up_spec(config, mesh):
+  return sharding.param_shardings(config, mesh)["params"]["llm"]["layers"]["mlp"]["up"]["w"].spec
