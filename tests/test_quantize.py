@@ -225,3 +225,13 @@ def test_quantized_params_shard_over_fsdp_and_model_axes():
 
 def up_spec(config, mesh):
   return sharding.param_shardings(config, mesh)["params"]["llm"]["layers"]["mlp"]["up"]["w"].spec
+
+
+def test_hf_folder_loads_quantized(tmp_path):
+  import hf_oracle as O
+  O.build_model(O.PG1).save_pretrained(tmp_path / "hf")
+  config, params = load_checkpoint(tmp_path / "hf", param_dtype="bfloat16")
+  qconfig, qparams = load_checkpoint(tmp_path / "hf", param_dtype="bfloat16", quantize="int8")
+  assert qconfig == config.replace(quantization=INT8)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               quantize.quantize_params(params, INT8), qparams)
