@@ -1,0 +1,29 @@
+"""ST-VQA (big_vision `stvqa`): `answer en {question}` -> an answer (lower-cased); ANLS
+(lower-cased), greedy, on a held-out val. Default res 896 (big_vision's default).
+
+No builder here: JSONL `train.jsonl` / `val.jsonl` in jsonl_dir (default ~/data/stvqa) from the
+release's train_task_3.json (hold out your own val rows):
+  {"image": "coco-text/COCO_train2014_000000000036.jpg", "question_id": 1,
+   "question": "...", "answers": ["..."]}
+"""
+
+from configs.transfers import common
+
+VQA = dict(lang="en", image_key="image", question_key="question", answers_key="answers",
+           id_key="question_id", lower_references=True)
+HPARAMS = {
+    224: common.Hparams(batch_size=256, lr=1e-5, epochs=3, wd=1e-6, label_smoothing=0.1),
+    448: common.Hparams(batch_size=128, lr=1e-5, epochs=3, wd=1e-6, label_smoothing=0.1),
+    896: common.Hparams(batch_size=32, lr=3e-6, epochs=3, wd=3e-7, label_smoothing=0.1),
+}
+TRAIN = [common.jsonl("train.jsonl", "vqa", **VQA)]
+VAL = common.jsonl("val.jsonl", "vqa", **VQA)
+EVALS = {
+    "stvqa_val": common.evaluation("vqa", VAL, to_lower=True),  # anls is the metric
+    "stvqa_val_pplx": common.perplexity(VAL),
+}
+
+
+def get_config(arg=None):
+  return common.transfer_config(arg, task="stvqa", hparams=HPARAMS, text_len=48, train=TRAIN,
+                                evals=EVALS, default_res=896)
