@@ -2,8 +2,8 @@
 greedy, on test.
 
 No builder here: JSONL `train.jsonl` / `test.jsonl` in jsonl_dir (default ~/data/ocrvqa), one
-row per question (the release's dataset.json flattened; put the first 20,000 val questions'
-rows nowhere and the rest into train.jsonl, as big_vision's train + val[20000:]):
+row per question (the release's dataset.json flattened). As big_vision's train + val[20000:],
+train.jsonl holds the train questions and the val questions after the first 20,000:
   {"image": "images/1234567890.jpg", "question_id": "1234567890_0",
    "question": "Who wrote this book?", "answer": "Jane Doe"}
 """
