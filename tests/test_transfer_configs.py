@@ -223,6 +223,49 @@ def test_lower_casing_where_the_reference_lower_cases(tmp_path):
     assert cfg.input.members[0].task_options["lower_references"] is True, name
 
 
+# Splits of the TFDS catalogue's datasets the transfers read (the project's builders list theirs).
+CATALOGUE_SPLITS = {
+    ("coco_captions", ""): ("train", "val", "test", "restval"),
+    ("ref_coco", "refcoco_unc"): ("train", "validation", "testA", "testB"),
+    ("ref_coco", "refcocoplus_unc"): ("train", "validation", "testA", "testB"),
+    ("ref_coco", "refcocog_umd"): ("train", "validation", "test"),
+}
+
+
+def test_tfds_members_name_real_splits_and_fields(tmp_path):
+  """Every TFDS member's dataset, config and split exist (builders constructed, nothing read)
+  and has every field its task reads (the builder's declared features)."""
+  import tensorflow_datasets as tfds
+  from paligemma_jax.data.builders import BUILDERS
+  from paligemma_jax.data.task_base import check_fields
+  from paligemma_jax.data.tfds_input import feature_tree
+
+  members = {}
+  for name in PUBLISHED:
+    config = get_config(name)
+    for m in [*config.input.members, *(e["data"] for e in config.evals.values())]:
+      if m["name"]:
+        members[(m["name"], m["config"], m["split"], m["task"], repr(m["task_options"]))] = m
+  checked = set()
+  for (dataset, config_name, split, *_), m in sorted(members.items()):
+    data_dir = str(tmp_path / "tfds")
+    if dataset in BUILDERS:
+      builder = BUILDERS[dataset](data_dir=data_dir, **({"config": config_name} if config_name
+                                                         else {}))
+      splits = builder.splits()
+    else:
+      builder = tfds.builder(f"{dataset}/{config_name}" if config_name else dataset,
+                             data_dir=data_dir)
+      splits = CATALOGUE_SPLITS[(dataset, config_name)]
+    for part in split.split("+"):
+      assert part.split("[")[0] in splits, (dataset, config_name, split, splits)
+    task = make_task(m["task"], m["task_options"])
+    check_fields(task, m["task"], feature_tree(builder.info.features), dataset)
+    checked.add(dataset)
+  assert checked == {"coco_captions", "nocaps", "vqav2", "okvqa", "gqa", "ai2d", "science_qa",
+                     "chartqa", "tallyqa", "textvqa", "docvqa", "ref_coco"}
+
+
 def test_chartqa_is_the_sized_mixture(tmp_path):
   cfg, _ = parse_train(get_config("chartqa"), tmp_path)
   members = {m.config: m for m in cfg.input.members}
