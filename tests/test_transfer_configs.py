@@ -266,6 +266,55 @@ def test_tfds_members_name_real_splits_and_fields(tmp_path):
                      "chartqa", "tallyqa", "textvqa", "docvqa", "ref_coco"}
 
 
+# One JSONL row per config in the layout its docstring documents (image already decoded), and the
+# prompt / first reference it must give.
+_CAPTION_ROW = {"image_id": "x1", "captions": ["A Caption.", "another"]}
+JSONL_ROWS = {
+    "textcaps": (_CAPTION_ROW, "caption en", "a caption."),  # lower-cased for training
+    "screen2words": (_CAPTION_ROW, "caption en", "A Caption."),
+    "scicap": (_CAPTION_ROW, "caption en", "A Caption."),
+    "widgetcap": (_CAPTION_ROW, "caption en", "A Caption."),
+    "aokvqa_mc": ({"question_id": "q", "question": "What?", "choices": ["a", "b"],
+                   "correct_choice_idx": 1, "direct_answers": ["b"] * 10},
+                  "answer en  What? choose from: a \t b", "b"),
+    "aokvqa_da": ({"question_id": "q", "question": "What?", "choices": ["a", "b"],
+                   "correct_choice_idx": 1, "direct_answers": ["b"] * 10}, "answer en What?", "b"),
+    "rsvqa_lr": ({"question_id": 1, "question": "Is there a road?", "answers": ["Yes"],
+                  "question_type": "presence"}, "answer en Is there a road?", "yes"),
+    "rsvqa_hr": ({"question_id": 1, "question": "Is there a road?", "answers": ["Yes"],
+                  "question_type": "presence"}, "answer en Is there a road?", "yes"),
+    "vizwizvqa": ({"question_id": "v", "question": "What is it?", "answers": ["basil"] * 10},
+                  "answer en What is it?", "basil"),
+    "ocrvqa": ({"question_id": "o", "question": "Who wrote this book?", "answer": "Jane Doe"},
+               "answer en Who wrote this book?", "Jane Doe"),
+    "infovqa": ({"questionId": 6, "question": "How many?", "answers": ["Six"]},
+                "answer en How many?", "six"),
+    "stvqa": ({"question_id": 6, "question": "What brand?", "answers": ["Nike"]},
+              "answer en What brand?", "nike"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JSONL_ROWS))
+def test_jsonl_layouts_make_rows(name, tmp_path):
+  example, prefix, reference = JSONL_ROWS[name]
+  config = get_config(name)
+  image = np.zeros((4, 4, 3), np.uint8)
+  for member in [*config.input.members, *(e["data"] for e in config.evals.values())]:
+    assert member["jsonl"] and not member["name"]
+    task = make_task(member["task"], member["task_options"])
+    (row,) = task.rows({"image": image, **example}, 0)
+    assert row.prefix == prefix and row.error is None
+  train_task = make_task(config.input.members[0]["task"], config.input.members[0]["task_options"])
+  (row,) = train_task.rows({"image": image, **example}, 0)
+  assert row.references[0] == reference
+  for spec in parse_train(config, tmp_path)[1]:  # the evaluator can score the eval rows
+    task = make_task(*spec.data.task_spec())
+    (row,) = task.rows({"image": image, **example}, 0)
+    probe = {**row.fields, "references": list(row.references), "prediction": "",
+             "log_likelihood": 0.0, "num_tokens": 1}
+    assert get_evaluator(spec.evaluator).check_row(probe, spec.options) is None, spec.name
+
+
 def test_chartqa_is_the_sized_mixture(tmp_path):
   cfg, _ = parse_train(get_config("chartqa"), tmp_path)
   members = {m.config: m for m in cfg.input.members}
@@ -281,6 +330,10 @@ def test_pope_is_an_eval_config():
   assert sorted(e.name for e in cfg.evals) == ["pope_adversarial", "pope_popular", "pope_random"]
   assert {(e.evaluator, e.decoding.sampler, e.text_len) for e in cfg.evals} == {
       ("pope", "greedy", 48)}
+  task = make_task(*cfg.evals[0].data.task_spec())
+  (row,) = task.rows({"image": np.zeros((4, 4, 3), np.uint8), "question_id": 1,
+                      "question": "Is there a snowboard in the image?", "answer": "yes"}, 0)
+  assert (row.prefix, row.references) == ("Is there a snowboard in the image?", ("yes",))
 
 
 def test_forkme_reads_prefix_and_suffix_jsonl(tmp_path):
