@@ -21,5 +21,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="ai2d", hparams=HPARAMS, text_len=128, train=TRAIN,
+  return common.transfer_config(arg, name="ai2d", hparams=HPARAMS, text_len=128, train=TRAIN,
                                 evals=EVALS)

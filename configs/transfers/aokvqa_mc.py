@@ -25,5 +25,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="aokvqa", hparams=HPARAMS, text_len=128, train=TRAIN,
+  return common.transfer_config(arg, name="aokvqa", hparams=HPARAMS, text_len=128, train=TRAIN,
                                 evals=EVALS)

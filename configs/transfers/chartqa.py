@@ -29,5 +29,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="chartqa", hparams=HPARAMS, text_len=48, train=TRAIN,
+  return common.transfer_config(arg, name="chartqa", hparams=HPARAMS, text_len=48, train=TRAIN,
                                 evals=EVALS)

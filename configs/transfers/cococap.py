@@ -25,5 +25,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="cococap", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="cococap", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS)

@@ -42,7 +42,7 @@ class Hparams:
   freeze_vit: bool = False
 
 
-def parse_arg(arg: str | None, published: Sequence[int], default_res: int, task: str
+def parse_arg(arg: str | None, published: Sequence[int], default_res: int, name: str
               ) -> dict[str, Any]:
   """`"res=448,data_dir=/data"` -> {"res": 448, "data_dir": "/data", "jsonl_dir": ""}; a bad
   argument or a resolution without a published setting is a one-line ValueError."""
@@ -50,11 +50,11 @@ def parse_arg(arg: str | None, published: Sequence[int], default_res: int, task:
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep or key not in values:
-      raise ValueError(f"{task}: bad config argument {item!r}; use res=N, data_dir=DIR, "
+      raise ValueError(f"{name}: bad config argument {item!r}; use res=N, data_dir=DIR, "
                        "jsonl_dir=DIR (e.g. configs/transfers/x.py:res=448)")
     values[key] = value
   if not values["res"].isdigit() or int(values["res"]) not in published:
-    raise ValueError(f"{task}: res={values['res']} has no published setting; use one of "
+    raise ValueError(f"{name}: res={values['res']} has no published setting; use one of "
                      f"{', '.join(f'res={r}' for r in published)}")
   return {**values, "res": int(values["res"])}
 
@@ -87,22 +87,23 @@ def perplexity(data: Mapping[str, Any]) -> dict[str, Any]:
               batch_size=EVAL_BATCH_SIZE, options={})
 
 
-def _located(member: Mapping[str, Any], where: Mapping[str, Any], task: str) -> dict[str, Any]:
+def _located(member: Mapping[str, Any], where: Mapping[str, Any], name: str) -> dict[str, Any]:
   member = dict(member, task_options=dict(member["task_options"]))
   if member["jsonl"]:
-    folder = where["jsonl_dir"] or f"~/data/{task}"
+    folder = where["jsonl_dir"] or f"~/data/{name}"
     member["jsonl"] = f"{folder.rstrip('/')}/{member['jsonl']}"
   else:
     member["data_dir"] = where["data_dir"]
   return member
 
 
-def transfer_config(arg: str | None, *, task: str, hparams: Mapping[int, Hparams],
+def transfer_config(arg: str | None, *, name: str, hparams: Mapping[int, Hparams],
                     text_len: int, train: Sequence[Mapping[str, Any]],
                     evals: Mapping[str, Mapping[str, Any]], default_res: int = 224,
                     num_images: int = 1) -> ml_collections.ConfigDict:
-  """The training config of `task` at the `res` of `arg` (see the module docstring)."""
-  where = parse_arg(arg, sorted(hparams), default_res, task)
+  """The training config at the `res` of `arg` (see the module docstring). `name` names the
+  config in messages and the default JSONL folder ~/data/<name>."""
+  where = parse_arg(arg, sorted(hparams), default_res, name)
   res, h = where["res"], hparams[where["res"]]
   c = ml_collections.ConfigDict()
   c.init = ""  # the pretrained checkpoint pt_{res}: Orbax params dir or HF folder (required)
@@ -110,7 +111,7 @@ def transfer_config(arg: str | None, *, task: str, hparams: Mapping[int, Hparams
   c.image_method = "big_vision"
   c.model = dict(variant="", vision=dict(image_size=res), text={}, image_token_id=-1,
                  dtype="bfloat16", remat="none", llm_dropout=h.llm_dropout)
-  c.input = dict(members=[_located(m, where, task) for m in train], batch_size=h.batch_size,
+  c.input = dict(members=[_located(m, where, name) for m in train], batch_size=h.batch_size,
                  text_len=text_len, num_images=num_images, seed=0)
   # big_vision's frozen ViT is "img/.*", which includes the projector (img/head).
   freeze = ("vision/.*", "projector/.*") if h.freeze_vit else ()
@@ -125,6 +126,6 @@ def transfer_config(arg: str | None, *, task: str, hparams: Mapping[int, Hparams
   c.eval_every = 0  # 0 = at the end only
   c.seed = 0
   c.on_nonfinite = "stop"
-  c.evals = {name: dict(e, text_len=text_len, num_images=num_images,
-                        data=_located(e["data"], where, task)) for name, e in evals.items()}
+  c.evals = {key: dict(e, text_len=text_len, num_images=num_images,
+                       data=_located(e["data"], where, name)) for key, e in evals.items()}
   return c

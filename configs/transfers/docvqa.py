@@ -22,5 +22,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="docvqa", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="docvqa", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS, default_res=896)

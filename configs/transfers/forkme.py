@@ -35,5 +35,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="forkme", hparams=HPARAMS, text_len=TEXT_LEN,
+  return common.transfer_config(arg, name="forkme", hparams=HPARAMS, text_len=TEXT_LEN,
                                 train=TRAIN, evals=EVALS)

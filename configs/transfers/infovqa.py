@@ -25,5 +25,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="infovqa", hparams=HPARAMS, text_len=48, train=TRAIN,
+  return common.transfer_config(arg, name="infovqa", hparams=HPARAMS, text_len=48, train=TRAIN,
                                 evals=EVALS, default_res=896)

@@ -28,5 +28,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="nlvr2", hparams=HPARAMS, text_len=64, train=TRAIN,
+  return common.transfer_config(arg, name="nlvr2", hparams=HPARAMS, text_len=64, train=TRAIN,
                                 evals=EVALS, num_images=2)

@@ -26,5 +26,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="ocrvqa", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="ocrvqa", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS)

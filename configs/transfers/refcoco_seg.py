@@ -37,5 +37,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="refcoco", hparams=HPARAMS, text_len=48, train=TRAIN,
+  return common.transfer_config(arg, name="refcoco", hparams=HPARAMS, text_len=48, train=TRAIN,
                                 evals=EVALS, default_res=448)

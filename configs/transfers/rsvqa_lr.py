@@ -24,5 +24,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="rsvqa_lr", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="rsvqa_lr", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS)

@@ -26,5 +26,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="scicap", hparams=HPARAMS, text_len=96, train=TRAIN,
+  return common.transfer_config(arg, name="scicap", hparams=HPARAMS, text_len=96, train=TRAIN,
                                 evals=EVALS)

@@ -23,5 +23,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="science_qa", hparams=HPARAMS, text_len=512,
+  return common.transfer_config(arg, name="science_qa", hparams=HPARAMS, text_len=512,
                                 train=TRAIN, evals=EVALS, default_res=448)

@@ -23,5 +23,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="screen2words", hparams=HPARAMS, text_len=24,
+  return common.transfer_config(arg, name="screen2words", hparams=HPARAMS, text_len=24,
                                 train=TRAIN, evals=EVALS)

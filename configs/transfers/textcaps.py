@@ -23,5 +23,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="textcaps", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="textcaps", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS)

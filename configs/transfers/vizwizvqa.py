@@ -24,5 +24,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="vizwizvqa", hparams=HPARAMS, text_len=48,
+  return common.transfer_config(arg, name="vizwizvqa", hparams=HPARAMS, text_len=48,
                                 train=TRAIN, evals=EVALS)

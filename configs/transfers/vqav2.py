@@ -21,5 +21,5 @@ EVALS = {
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, task="vqav2", hparams=HPARAMS, text_len=32, train=TRAIN,
+  return common.transfer_config(arg, name="vqav2", hparams=HPARAMS, text_len=32, train=TRAIN,
                                 evals=EVALS)
