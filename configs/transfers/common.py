@@ -6,7 +6,8 @@
 The argument is `res=224|448|896` (only the resolutions the reference publishes for the task; the
 default is big_vision's config default where that is published, else 224), plus `data_dir=DIR`
 (every TFDS member's and eval's data_dir; "" = TFDS's default, $TFDS_DATA_DIR or
-~/tensorflow_datasets) and `jsonl_dir=DIR` (the folder of JSONL members, default ~/data/<task>).
+~/tensorflow_datasets) and `jsonl_dir=DIR` (the folder of JSONL members, default
+~/data/<name>, e.g. ~/data/textcaps).
 Anything else is a `--config.KEY=...` override, e.g. --config.optimizer.lr=3e-6,
 --config.input.members[0].split='train[:10%]', --config.evals.vqav2_minival.batch_size=64.
 
