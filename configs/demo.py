@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  read_threads=2, prefetch_buffer=64)
   c.optimizer = dict(name="adam", lr=3e-3, wd=0.0, grad_clip_norm=1.0,
                      schedule=dict(name="cosine", warmup_percent=0.05))
-  c.total_steps = 1000
+  c.total_steps = 1500
   c.epochs = 0.0
   c.mesh = dict(data=-1, fsdp=1, model=1)
   c.micro_batches = 1

@@ -54,6 +54,7 @@ def _run(mesh, params, batch, settings=step_lib.StepSettings(loss_start=NUM_IMAG
          trainable=None, steps=1, config=CONFIG):
   tx = tx or _tx()
   trainable = trainable or jax.tree.map(lambda _: True, params)
+  params = jax.tree.map(jnp.array, params)  # a copy: state_from_params donates its input
   state = state_lib.state_from_params(config, tx, mesh, params, seed=0)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   step = step_lib.make_train_step(config, tx, lambda opt_state: 1e-2, trainable, settings, mesh,

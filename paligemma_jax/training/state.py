@@ -83,7 +83,8 @@ def init_state(config: PaliGemmaConfig, tx: optax.GradientTransformation, mesh: 
 
 def state_from_params(config: PaliGemmaConfig, tx: optax.GradientTransformation, mesh: Mesh,
                       params: dict, seed: int) -> TrainState:
-  """A step-0 state around already-sharded `params` (the optimizer state is created sharded)."""
+  """A step-0 state around `params` (the optimizer state is created sharded). Params already on
+  the state's shardings are donated: do not use them afterwards."""
   def init(p: dict, key: jax.Array) -> TrainState:
     p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
     return TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), jax.random.split(key)[1])
@@ -91,8 +92,13 @@ def state_from_params(config: PaliGemmaConfig, tx: optax.GradientTransformation,
   key = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, params, key)
   shardings = state_shardings(abstract, sharding.param_shardings(config, mesh), mesh)
+  # Params already laid out as the state wants them are donated: the state reuses their buffers
+  # instead of doubling the memory (XLA cannot alias buffers whose sharding changes).
+  laid_out = all(getattr(p, "sharding", None) == s for p, s in
+                 zip(jax.tree.leaves(params), jax.tree.leaves(shardings.params)))
   with sharding.activate(mesh):
-    return jax.jit(init, out_shardings=shardings)(params, key)
+    return jax.jit(init, out_shardings=shardings, donate_argnums=(0,) if laid_out else ())(
+        params, key)
 
 
 def abstract_state(config: PaliGemmaConfig, tx: optax.GradientTransformation, mesh: Mesh
