@@ -262,3 +262,19 @@ def test_train_py_reports_bad_config_in_one_line(shapes, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-500:]
     assert len([l for l in done.stderr.splitlines() if l.startswith("error")]) == 1
+
+
+def test_config_evals_run_through_the_evaluation_hook(shapes, tmp_path):
+  evals = {"shapes": dict(evaluator="exact_match", data=dict(jsonl=shapes["test"]), batch_size=4,
+                          text_len=20, decoding=dict(max_decode_len=8))}
+  bad = tiny_config(shapes).to_dict() | {"evals": {"shapes": {**evals["shapes"],
+                                                               "evaluator": "nope"}}}
+  with pytest.raises(ValueError, match="nope") as e:
+    config_lib.parse_train_config(bad)
+  assert "\n" not in str(e.value)
+  c = tiny_config(shapes, total_steps=2)
+  c.evals = evals
+  last = trainer.train(c, str(tmp_path / "evals"))
+  scores = {k: v for k, v in last.items() if k.startswith("eval/shapes")}
+  assert scores and all(0.0 <= v <= 1.0 or k.endswith("num") for k, v in scores.items()), last
+  assert list((tmp_path / "evals" / "eval").glob("step_*2/shapes/metrics.json"))

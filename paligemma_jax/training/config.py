@@ -17,6 +17,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
     mesh: {data, fsdp, model}   (-1 = the devices left over)
     micro_batches, label_smoothing, log_every, checkpoint_every, eval_every, keep_checkpoints,
     seed, on_nonfinite ("skip" | "stop")
+    evals: {name: {evaluator, data, decoding, ...}}  (evaluation.parse_evals; run every
+        eval_every steps and at the end)
 
 Unknown keys, missing required values, wrong types and impossible combinations (a mesh that does
 not fit the devices, a batch that does not split) fail here with one line naming the fix, before
@@ -35,6 +37,7 @@ from typing import Any
 
 from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.input_config import InputConfig, input_config_from_dict
+from paligemma_jax.evaluation.eval_config import EvalSpec, parse_evals
 from paligemma_jax.models import PaliGemmaConfig, get_variant
 from paligemma_jax.training.optimizer import OptimizerConfig
 
@@ -92,6 +95,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   seed: int = 0
   on_nonfinite: str = "stop"
+  evals: tuple[EvalSpec, ...] = ()
 
   def __post_init__(self) -> None:
     if not self.tokenizer:
@@ -145,6 +149,8 @@ def parse_train_config(config: Any) -> TrainConfig:
   except ValueError as e:
     raise ValueError(f"config.{e}" if str(e).startswith("input") else f"config.input: {e}"
                      ) from None
+  if "evals" in values:
+    given["evals"] = parse_evals(values.pop("evals"))
   return _build(TrainConfig, values, "config", given)
 
 

@@ -4,6 +4,7 @@ Workdir layout:
     model_config.json   the PaliGemmaConfig being trained (written once; resume reads it)
     checkpoints/<step>/ TrainCheckpointer: state (step, params, opt_state, rng) + the input's state
     metrics.jsonl       one JSON object per logged step (process 0), eval results under their step
+    eval/step_<N>/      the evals' predictions and metrics (config.evals)
     params/             the final params checkpoint (infer.py / convert_checkpoint.py take it)
     loss.png            the training loss curve (when matplotlib is installed)
 
@@ -31,6 +32,7 @@ from paligemma_jax.api import make_processor
 from paligemma_jax.data.input_pipeline import TrainInput
 from paligemma_jax.data.tokenizer import Tokenizer
 from paligemma_jax.device_input import global_batch
+from paligemma_jax.evaluation.run_evals import periodic_evaluator
 from paligemma_jax.models import PaliGemmaConfig
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import state as state_lib
@@ -140,7 +142,8 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   """Trains per `config` (a ConfigDict or dict, see training/config.py) in `workdir`.
 
   `evaluate(predictor) -> {name: value}` runs every `eval_every` steps and at the end (see
-  predictor.py). `max_steps` stops after that many steps of this call (the run stays resumable;
+  predictor.py); by default it is `evaluation.periodic_evaluator` over `config.evals`, writing
+  its files under workdir/eval/. `max_steps` stops after that many steps of this call (the run stays resumable;
   tests use it to interrupt). Returns the last logged metrics.
   """
   cfg = config_lib.parse_train_config(config)
@@ -176,6 +179,8 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), start)
   shardings = jax.tree.map(lambda x: x.sharding, state)
 
+  if evaluate is None and cfg.evals:
+    evaluate = periodic_evaluator(cfg.evals, output_dir=os.path.join(workdir, "eval"), mesh=mesh)
   loop = _Loop(cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
                trainable, lambda o: lr_of(optimizer_step(o)), shardings)
   end = total_steps if max_steps is None else min(total_steps, start + max_steps)
