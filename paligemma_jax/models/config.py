@@ -62,6 +62,8 @@ class GemmaConfig:
 
   `sliding_window` is None (big_vision, which trained the checkpoints, has none) or a window in
   index space applied on even layers with the prefix block exempt (HF transformers v5 semantics).
+  `dropout` is big_vision's LLM dropout rate (fine-tuning only): it acts only in a forward called
+  with `deterministic=False` and a "dropout" rng, so inference and decoding never see it.
   """
 
   version: int = 1
@@ -78,6 +80,7 @@ class GemmaConfig:
   sliding_window: int | None = None
   rope_theta: float = 10_000.0
   rms_norm_eps: float = 1e-6
+  dropout: float = 0.0
 
   def __post_init__(self):
     if self.version not in (1, 2):
@@ -89,6 +92,8 @@ class GemmaConfig:
       raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
     if self.sliding_window is not None and self.sliding_window < 1:
       raise ValueError(f"sliding_window must be None or >= 1, got {self.sliding_window}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"text dropout must be in [0, 1), got {self.dropout}")
 
   @property
   def attn_scale(self) -> float:

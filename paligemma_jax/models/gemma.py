@@ -8,6 +8,12 @@ Parameters (scanned layers carry a leading "layers" axis of size L):
   layers/pre_attn_norm/scale [D], layers/attn/{q [D, N, H], k [D, K, H], v [D, K, H],
   out [N, H, D]}/w, layers/pre_mlp_norm/scale [D], layers/mlp/{gate, up [D, F], down [F, D]}/w,
   Gemma 2 only: layers/{post_attn_norm, post_mlp_norm}/scale [D]; final_norm/scale [D].
+
+Dropout (`GemmaConfig.dropout`, training only) sits where big_vision's Gemma puts it
+(big_vision/models/ppp/gemma.py, `Block`): on each residual branch just before the add, i.e. on
+the attention output (after Gemma 2's post-attention norm) and on the MLP output (before Gemma 2's
+post-MLP norm); never on the embeddings, never in the image encoder. Every element is dropped
+independently (big_vision's default `dropout_bdims=()`; the PaliGemma transfers keep it).
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from paligemma_jax.models.config import GemmaConfig, embed_scale
 from paligemma_jax.models.kv_cache import KVCache
 from paligemma_jax.models.layers import (Einsum, RMSNorm, apply_rope, einsum_f32, scan_layers,
                                          take_rows)
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout of independent elements; the identity without a key (deterministic)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class GemmaAttention(nn.Module):
@@ -92,8 +106,12 @@ class GemmaBlock(nn.Module):
   def __call__(self, x_BxTxD: jax.Array, is_sliding: jax.Array,
                kv: tuple[jax.Array, jax.Array] | None, positions_BxT: jax.Array,
                mask_BxTxS: jax.Array, sliding_mask_BxTxS: jax.Array | None,
-               cache_index: jax.Array | None):
+               cache_index: jax.Array | None, dropout_key: jax.Array | None = None):
+    """`dropout_key` (this layer's, or None = deterministic) drives both branches' dropout."""
     cfg, dt, pdt = self.config, self.dtype, self.param_dtype
+    attn_key = mlp_key = None
+    if dropout_key is not None:
+      attn_key, mlp_key = jax.random.split(dropout_key)
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, "embed", dt, pdt, name=name)
     if sliding_mask_BxTxS is not None:
       mask_BxTxS = jnp.where(is_sliding, sliding_mask_BxTxS, mask_BxTxS)
@@ -103,9 +121,10 @@ class GemmaBlock(nn.Module):
                                                        cache_index)
     if cfg.version == 2:
       y = norm("post_attn_norm")(y)
-    x_BxTxD = x_BxTxD + y
+    x_BxTxD = x_BxTxD + _dropout(y, cfg.dropout, attn_key)
 
     y = GemmaMLP(cfg, dt, pdt, name="mlp")(norm("pre_mlp_norm")(x_BxTxD))
+    y = _dropout(y, cfg.dropout, mlp_key)
     if cfg.version == 2:
       y = norm("post_mlp_norm")(y)
     x_BxTxD = x_BxTxD + y
@@ -130,7 +149,7 @@ class Gemma(nn.Module):
     broadcast = nn.broadcast
     self.layers = scan_layers(
         GemmaBlock, cfg.depth, self.remat,
-        in_axes=(0, 0, broadcast, broadcast, broadcast, broadcast),
+        in_axes=(0, 0, broadcast, broadcast, broadcast, broadcast, 0),
         config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
     self.final_norm = RMSNorm(cfg.rms_norm_eps, "embed", self.dtype, self.param_dtype)
 
@@ -140,13 +159,15 @@ class Gemma(nn.Module):
     return (rows * embed_scale(self.config.width, rows.dtype)).astype(self.dtype)
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
-               sliding_mask_BxTxS: jax.Array | None = None, cache: KVCache | None = None
-               ) -> tuple[jax.Array, KVCache | None]:
+               sliding_mask_BxTxS: jax.Array | None = None, cache: KVCache | None = None,
+               deterministic: bool = True) -> tuple[jax.Array, KVCache | None]:
     """Runs all layers and the final norm. Returns hidden states [B, T, D] and the cache.
 
     With a cache, the T new keys/values are written at `cache.length` and the masks are
     [B, T, cache.max_len]; without one they are [B, T, T]. `sliding_mask` (the window mask of
     `masks.sliding_window_mask`) replaces `mask` on even layers when the config has a window.
+    `deterministic=False` with `config.dropout > 0` applies dropout (training); it draws one key
+    from the "dropout" rng and gives each layer its own split of it.
     """
     cfg = self.config
     if cfg.sliding_window is None:
@@ -156,10 +177,13 @@ class Gemma(nn.Module):
     is_sliding_L = (jnp.arange(cfg.depth) % 2 == 0) & (cfg.sliding_window is not None)
     kv = None if cache is None else (cache.k, cache.v)
     index = None if cache is None else cache.length
+    keys_L = None
+    if not deterministic and cfg.dropout > 0.0:
+      keys_L = jax.random.split(self.make_rng("dropout"), cfg.depth)
     x_BxTxD = nn.with_logical_constraint(
         x_BxTxD.astype(self.dtype), ("activation_batch", None, "activation_embed"))
     x_BxTxD, kv = self.layers(x_BxTxD, is_sliding_L, kv, positions_BxT, mask_BxTxS,
-                              sliding_mask_BxTxS, index)
+                              sliding_mask_BxTxS, index, keys_L)
     if cache is not None:
       cache = KVCache(k=kv[0], v=kv[1], length=cache.length + x_BxTxD.shape[1])
     return self.final_norm(x_BxTxD), cache
