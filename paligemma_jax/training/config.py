@@ -8,6 +8,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
         vision / text: SigLIPConfig / GemmaConfig fields that override the variant's (or the
             defaults'); text.vocab_size / image_token_id of 0 / -1 = "from the tokenizer"
         dtype: compute dtype ("bfloat16"); params are always float32 masters
+        llm_dropout: big_vision's `model.llm.dropout`, the Gemma blocks' dropout rate during
+            training (becomes `text.dropout`; inference never applies it)
     init: "random" or a checkpoint (Orbax params dir or HF folder)
     tokenizer: the tokenizer.model (required)
     image_method: "hf" or "big_vision" image preprocessing
@@ -46,7 +48,10 @@ ON_NONFINITE = ("skip", "stop")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
-  """The `model` section: which architecture, in which compute dtype."""
+  """The `model` section: which architecture, in which compute dtype.
+
+  `llm_dropout` becomes `text["dropout"]` here (unless `text` sets it), so every path that builds
+  the model config from `text` (random init, a pretrained checkpoint's overrides) trains with it."""
 
   variant: str = ""
   vision: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -58,11 +63,15 @@ class ModelSettings:
 
   def __post_init__(self) -> None:
     object.__setattr__(self, "vision", dict(self.vision))
-    object.__setattr__(self, "text", dict(self.text))
-    if self.llm_dropout:
-      # The model (models/gemma.py) has no dropout layers yet; refusing beats silently ignoring.
-      raise ValueError(f"config.model.llm_dropout={self.llm_dropout} is not supported yet (the "
-                       "Gemma blocks have no dropout); set it to 0.0")
+    text = dict(self.text)
+    if not 0.0 <= self.llm_dropout < 1.0:
+      raise ValueError(f"config.model.llm_dropout must be in [0, 1), got {self.llm_dropout}")
+    if self.llm_dropout and text.get("dropout", self.llm_dropout) != self.llm_dropout:
+      raise ValueError(f"config.model.llm_dropout={self.llm_dropout} and config.model.text."
+                       f"dropout={text['dropout']} disagree; set only llm_dropout")
+    # Always set: a checkpoint fine-tuned with dropout stores its rate, which must not carry over.
+    text.setdefault("dropout", self.llm_dropout)
+    object.__setattr__(self, "text", text)
 
 
 @dataclasses.dataclass(frozen=True)

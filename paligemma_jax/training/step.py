@@ -18,6 +18,10 @@ micro-batch i mod k, which keeps every micro-batch evenly spread over the data s
 `lax.scan` sums their gradients, and sum / k equals the full batch's gradient because every
 micro-batch has the same number of examples and the loss is a mean over examples.
 
+LLM dropout (`config.text.dropout` > 0) is on in the step's forward only: the step's dropout key
+is `fold_in(state.rng, state.step)` (a pure function of the seed and the step, so a resumed run
+draws the same masks), and micro-batch j uses `fold_in(that key, j)`.
+
 A non-finite loss or gradient norm never reaches the params: the update is dropped (state
 unchanged except `step`) and `metrics["finite"]` is 0; the trainer skips or stops on it.
 """
@@ -62,8 +66,11 @@ def _cast(params: Any, dtype: jnp.dtype) -> Any:
 
 
 def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
-               settings: StepSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(big_vision loss, {per_example [B], sup_len [B]}) of a batch; params in any dtype."""
+               settings: StepSettings, dropout_rng: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(big_vision loss, {per_example [B], sup_len [B]}) of a batch; params in any dtype.
+
+  `dropout_rng` turns the LLM's dropout on (a no-op when `config.text.dropout` is 0)."""
   text = shift_for_loss(batch["tokens"], batch["mask_ar"], batch["mask_loss"])
   input_mask_BxS = batch["input_mask"][:, :-1]
   start = settings.loss_start
@@ -73,10 +80,12 @@ def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Ar
     x_BxSxD = model.embed_inputs(text.inputs, image_tokens)
     positions_BxS = default_positions(input_mask_BxS, config.position_offset)
     mask, sliding = attention_masks(config, input_mask_BxS, text.mask_ar)
-    h_BxSxD, _ = model.decode_hidden(x_BxSxD, positions_BxS, mask, sliding, None)
+    h_BxSxD, _ = model.llm(x_BxSxD, positions_BxS, mask, sliding,
+                           deterministic=dropout_rng is None)
     return h_BxSxD[:, start:]
 
-  h_BxTxD = nn.apply(forward, PaliGemma(config))(params)
+  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+  h_BxTxD = nn.apply(forward, PaliGemma(config))(params, rngs=rngs)
   embedding_VxD = params["params"]["llm"]["embedding"]
   losses_BxT = token_losses(h_BxTxD, embedding_VxD, text.targets[:, start:],
                             label_smoothing=settings.label_smoothing, chunk=settings.vocab_chunk)
@@ -96,26 +105,32 @@ def _micro_batches(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Arra
 
 
 def loss_and_grads(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
-                   settings: StepSettings) -> tuple[jax.Array, jax.Array, dict]:
-  """(loss, sup_len [B or k x B/k], float32 grads), accumulated over `settings.micro_batches`."""
+                   settings: StepSettings, dropout_rng: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array, dict]:
+  """(loss, sup_len [B or k x B/k], float32 grads), accumulated over `settings.micro_batches`.
+
+  `dropout_rng`: None (no dropout) or this step's key; micro-batch j gets `fold_in(key, j)`."""
   compute = config.compute_dtype
 
-  def loss_fn(p, b):
-    loss, aux = batch_loss(config, _cast(p, compute), b, settings)
+  def loss_fn(p, b, rng):
+    loss, aux = batch_loss(config, _cast(p, compute), b, settings, rng)
     return loss, aux["sup_len"]
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   k = settings.micro_batches
   if k == 1:
-    (loss, sup_len), grads = grad_fn(params, batch)
+    (loss, sup_len), grads = grad_fn(params, batch, dropout_rng)
     return loss, sup_len, grads
 
-  def body(grads_sum, micro):
-    (loss, sup_len), grads = grad_fn(params, micro)
+  def body(grads_sum, micro_and_index):
+    micro, j = micro_and_index
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, j)
+    (loss, sup_len), grads = grad_fn(params, micro, rng)
     return jax.tree.map(jnp.add, grads_sum, grads), (loss, sup_len)
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  grads_sum, (losses, sup_len) = jax.lax.scan(body, zeros, _micro_batches(batch, k))
+  grads_sum, (losses, sup_len) = jax.lax.scan(body, zeros, (_micro_batches(batch, k),
+                                                            jnp.arange(k)))
   return losses.mean(), sup_len, jax.tree.map(lambda g: g / k, grads_sum)
 
 
@@ -132,7 +147,10 @@ def train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
   """The un-jitted step (see the module docstring). `trainable`: bools shaped like the params
   (False = frozen, left out of the gradient norm). `learning_rate(opt_state)`: the lr that this
   update applies, for the metrics."""
-  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings)
+  dropout_rng = None
+  if config.text.dropout > 0.0:
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings, dropout_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = _l2(grads, trainable)
