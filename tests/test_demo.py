@@ -1,0 +1,63 @@
+"""The README's demo (`python -m paligemma_jax.demo`, what scripts/demo.sh runs): with --quick
+every stage runs on a fresh folder — data, training through the real trainer, held-out
+evaluation, Pipeline inference with an overlay — and says so. Learning itself is measured by the
+full run (see the demo's docstring), not here: a handful of steps learns nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import PIL.Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_demo_runs_every_stage(tmp_path):
+  workdir = tmp_path / "demo"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
+  env["JAX_PLATFORMS"] = "cpu"
+  run = subprocess.run([sys.executable, "-m", "paligemma_jax.demo", "--quick", "--workdir",
+                        str(workdir)], capture_output=True, text=True, env=env, cwd=REPO,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = run.stdout
+
+  # 1. data and tokenizer
+  assert "[1/4] data" in out
+  data = workdir / "data"
+  assert (data / "tokenizer.model").is_file()
+  assert sum(1 for _ in open(data / "train.jsonl")) > 0
+  assert f"in {data}" in out
+
+  # 2. training through training.train: its progress line, metrics and final params checkpoint
+  assert "[2/4] train" in out
+  assert "train: 100%" in run.stderr  # tqdm's line
+  steps = [json.loads(line)["step"] for line in open(workdir / "train" / "metrics.jsonl")]
+  assert steps[0] == 1 and steps[-1] == 6
+  assert (workdir / "train" / "params").is_dir()
+  assert (workdir / "train" / "model_config.json").is_file()
+  loss_line = next(line for line in out.splitlines() if "at the first step" in line)
+  assert "at the last: fell" in loss_line and "x (target >= 5x)" in loss_line
+
+  # 3. held-out accuracy per kind of row
+  assert "[3/4] evaluate" in out
+  for kind in ("caption", "answer", "detect", "all"):
+    assert any(line.split()[:1] == [kind] and "%" in line for line in out.splitlines()), kind
+
+  # 4. the Pipeline's outputs for the three prompts and a valid PNG overlay
+  assert "[4/4] infer" in out
+  for prompt in ("'caption en'", "'answer en what colour is the", "'detect "):
+    assert any(line.strip().startswith(prompt) and " -> " in line for line in out.splitlines())
+  overlay = workdir / "overlay.png"
+  assert "overlay of the detected box" in out and str(overlay) in out
+  assert overlay.read_bytes()[:8] == PNG_SIGNATURE
+  with PIL.Image.open(overlay) as image:
+    image.verify()
+  with PIL.Image.open(overlay) as image:
+    assert image.format == "PNG" and image.size == (256, 256)
+  assert "done in" in out
