@@ -42,7 +42,6 @@ import resource
 import sys
 import tempfile
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -57,27 +56,10 @@ from paligemma_jax.conversion import load_hf_checkpoint  # noqa: E402
 from paligemma_jax.models import cpu_path, get_variant  # noqa: E402
 
 
-def _training_modules():
-  """(step, state, optimizer) modules of paligemma_jax.training without the data pipeline.
-
-  `paligemma_jax/training/__init__.py` imports the trainer, hence grain and tensorflow, which
-  the accelerator image lacks. Where they are missing, the package is registered bare (its
-  `__init__` not run) so that its step / state / optimizer modules, which need neither, import.
-  """
-  try:
-    import paligemma_jax.training  # noqa: F401
-  except ModuleNotFoundError:
-    for name in [n for n in sys.modules if n.startswith("paligemma_jax.training")]:
-      del sys.modules[name]
-    import paligemma_jax
-    package = types.ModuleType("paligemma_jax.training")
-    package.__path__ = [os.path.join(os.path.dirname(paligemma_jax.__file__), "training")]
-    sys.modules["paligemma_jax.training"] = package
-  from paligemma_jax.training import optimizer, state, step
-  return step, state, optimizer
-
-
-step_lib, state_lib, optimizer_lib = _training_modules()
+# The training package imports its trainer (Grain, TFDS) only on first use: these need neither.
+from paligemma_jax.training import optimizer as optimizer_lib  # noqa: E402
+from paligemma_jax.training import state as state_lib  # noqa: E402
+from paligemma_jax.training import step as step_lib  # noqa: E402
 
 LR, WD, CLIP = 1e-5, 0.01, 1.0
 

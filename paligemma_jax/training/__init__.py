@@ -10,14 +10,30 @@ from paligemma_jax.training.loss import (ShiftedText, bv_loss, hf_loss, shift_fo
 from paligemma_jax.training.optimizer import (WD_PATTERN, OptimizerConfig, ScheduleConfig,
                                               frozen_mask, learning_rate, make_optimizer,
                                               make_schedule, optimizer_step, param_paths)
-from paligemma_jax.training.config import (MeshSettings, ModelSettings, TrainConfig,
-                                           model_config, parse_train_config, validate)
 from paligemma_jax.training.state import (TrainState, abstract_state, init_state,
                                           load_pretrained, resample_posemb, state_from_params,
                                           state_shardings)
 from paligemma_jax.training.step import StepSettings, batch_loss, loss_and_grads, make_train_step
 from paligemma_jax.training.predictor import Predictor
-from paligemma_jax.training.trainer import NonFiniteError, initialize_distributed, train
+
+# The config boundary (through the evaluation configs) and the trainer read data through Grain
+# and TFDS: they are imported on first use, so that the step, state, loss and optimizer import
+# where those are absent (the accelerator image, the benchmarks).
+_CONFIG_NAMES = ("MeshSettings", "ModelSettings", "TrainConfig", "model_config",
+                 "parse_train_config", "validate")
+_TRAINER_NAMES = ("NonFiniteError", "initialize_distributed", "train")
+
+
+def __getattr__(name: str):
+  # pylint: disable=import-outside-toplevel
+  if name in _CONFIG_NAMES:
+    from paligemma_jax.training import config
+    return getattr(config, name)
+  if name in _TRAINER_NAMES:
+    from paligemma_jax.training import trainer
+    return getattr(trainer, name)
+  raise AttributeError(f"module 'paligemma_jax.training' has no attribute {name!r}")
+
 
 __all__ = [
     "MeshSettings", "ModelSettings", "TrainConfig", "model_config", "parse_train_config",
