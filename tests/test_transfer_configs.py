@@ -3,16 +3,13 @@ publishes exactly the reference's resolutions, carries the reference's numbers, 
 --config.KEY overrides. Fast: no data is read and nothing is trained.
 
 The trainer's boundary is `parse_train_config` + `validate` (tokenizer file, init folder and JSONL
-files must exist: pointed at tmp dummies here; TFDS datasets are not checked there). Two keys the
-transfers need are not (yet) accepted by it, and are handled here so the rest is still checked:
-`evals` (parsed with `evaluation.parse_evals`, as the trainer is to do) and a non-zero
-`model.llm_dropout` (refused with one line until the Gemma blocks have dropout; parsed with 0).
+files must exist: pointed at tmp dummies here; TFDS datasets are not checked there); it parses the
+`evals` section with `evaluation.parse_evals` and `model.llm_dropout` into the Gemma config.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import pathlib
 import runpy
 import sys
@@ -23,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from paligemma_jax.data.tasks import make_task
-from paligemma_jax.evaluation.eval_config import parse_eval_config, parse_evals
+from paligemma_jax.evaluation.eval_config import parse_eval_config
 from paligemma_jax.evaluation.evaluators import get_evaluator
 from paligemma_jax.training import config as train_config
 
@@ -116,18 +113,6 @@ def load_with_flags(argv: list[str]):
   return values.config
 
 
-def _dropout_supported() -> bool:
-  try:
-    train_config.ModelSettings(llm_dropout=0.1)
-  except ValueError:
-    return False
-  return True
-
-
-def _accepts_evals() -> bool:
-  return "evals" in {f.name for f in dataclasses.fields(train_config.TrainConfig)}
-
-
 def parse_train(config, tmp_path: pathlib.Path, num_devices: int = 8):
   """(TrainConfig, EvalSpecs) through the trainer's boundary, with dummy files for its checks."""
   values = copy.deepcopy(config.to_dict())
@@ -139,15 +124,9 @@ def parse_train(config, tmp_path: pathlib.Path, num_devices: int = 8):
     if member["jsonl"]:  # validate() checks that JSONL members exist
       member["jsonl"] = str(tmp_path / pathlib.Path(member["jsonl"]).name)
       pathlib.Path(member["jsonl"]).write_text("")
-  evals = values["evals"] if _accepts_evals() else values.pop("evals")
-  if values["model"]["llm_dropout"] and not _dropout_supported():
-    with pytest.raises(ValueError, match="llm_dropout") as e:
-      train_config.parse_train_config(values)
-    assert "\n" not in str(e.value)
-    values["model"]["llm_dropout"] = 0.0
   cfg = train_config.parse_train_config(values)
   train_config.validate(cfg, num_devices)
-  return cfg, parse_evals(evals)
+  return cfg, cfg.evals
 
 
 def test_the_table_covers_every_file():
