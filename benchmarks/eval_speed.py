@@ -30,33 +30,8 @@ import numpy as np
 import PIL.Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from inference_speed import cpu_description  # noqa: E402  (the CPU's name and flags)
+from inference_speed import VOCAB, cpu_description, hf_reduced_depth  # noqa: E402
 
-RES = 224
-VOCAB = 257_216
-
-
-def hf_model(layers: int, image_token: int):
-  """benchmarks/inference_speed.py's reduced-depth HF PaliGemma, with our tokenizer's <image>."""
-  import torch
-  import transformers as tr
-  vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
-                num_hidden_layers=layers, num_attention_heads=16, patch_size=14, image_size=RES,
-                vision_use_head=False, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
-  text = tr.GemmaConfig(hidden_size=2048, intermediate_size=16384, num_hidden_layers=layers,
-                        num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-                        vocab_size=VOCAB, hidden_activation="gelu_pytorch_tanh")
-  config = tr.PaliGemmaConfig(vision_config=vision, text_config=text.to_dict(),
-                              image_token_index=image_token, vocab_size=VOCAB,
-                              projection_dim=2048)
-  torch.manual_seed(0)
-  model = tr.PaliGemmaForConditionalGeneration(config).eval()
-  with torch.no_grad():  # fan-in scale, so logits are not flat and decoding is not trivial
-    for name, p in model.named_parameters():
-      if p.ndim >= 2:
-        p.normal_(0, p.shape[-1] ** -0.5 if "embed" not in name else 1.0)
-  model.generation_config.pad_token_id = 0
-  return model.to(torch.bfloat16)
 
 
 def hf_predict_factory(model, tokenizer):
@@ -114,7 +89,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     folder = pathlib.Path(tmp)
     tokenizer = Tokenizer(train_standin_tokenizer(folder / "standin"))
-    model = hf_model(args.layers, tokenizer.image_token_id)
+    model = hf_reduced_depth(args.layers, tokenizer.image_token_id)
     model.save_pretrained(folder / "hf")
     config, params = load_hf_checkpoint(str(folder / "hf"))
     processor = make_processor(config, tokenizer)

@@ -83,7 +83,7 @@ def read_bandwidth(repeats: int = 5) -> float:
 
 # -- models -----------------------------------------------------------------------------------
 
-def hf_reduced_depth(layers: int):
+def hf_reduced_depth(layers: int, image_token: int = IMAGE_TOKEN):
   import torch
   import transformers as tr
   vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
@@ -93,7 +93,7 @@ def hf_reduced_depth(layers: int):
                         num_attention_heads=8, num_key_value_heads=1, head_dim=256,
                         vocab_size=VOCAB, hidden_activation="gelu_pytorch_tanh")
   config = tr.PaliGemmaConfig(vision_config=vision, text_config=text.to_dict(),
-                              image_token_index=IMAGE_TOKEN, vocab_size=VOCAB,
+                              image_token_index=image_token, vocab_size=VOCAB,
                               projection_dim=2048)
   torch.manual_seed(0)
   model = tr.PaliGemmaForConditionalGeneration(config).eval()
