@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export TF_CPP_MIN_LOG_LEVEL=3
-exec .venv/bin/python -m paligemma_jax.demo "$@"
+exec .venv/bin/python -m paligemma_jax.training.demo "$@"

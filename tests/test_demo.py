@@ -1,4 +1,4 @@
-"""The README's demo (`python -m paligemma_jax.demo`, what scripts/demo.sh runs): with --quick
+"""The README's demo (`python -m paligemma_jax.training.demo`, what scripts/demo.sh runs): with --quick
 every stage runs on a fresh folder — data, training through the real trainer, held-out
 evaluation, Pipeline inference with an overlay — and says so. Learning itself is measured by the
 full run (see the demo's docstring), not here: a handful of steps learns nothing."""
@@ -21,7 +21,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
   workdir = tmp_path / "demo"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
   env["JAX_PLATFORMS"] = "cpu"
-  run = subprocess.run([sys.executable, "-m", "paligemma_jax.demo", "--quick", "--workdir",
+  run = subprocess.run([sys.executable, "-m", "paligemma_jax.training.demo", "--quick", "--workdir",
                         str(workdir)], capture_output=True, text=True, env=env, cwd=REPO,
                        timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]

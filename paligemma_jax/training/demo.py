@@ -30,7 +30,7 @@ import PIL.Image
 
 from paligemma_jax.quiet_startup import quiet_startup
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]  # paligemma_jax/training/demo.py -> the repo
 CONFIG = REPO / "configs" / "demo.py"
 QUICK_STEPS = 6
 ACCURACY_TARGET = 0.9
