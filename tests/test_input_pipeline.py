@@ -182,9 +182,10 @@ def test_config_from_dict_rejects_unknown_keys_naming_the_valid_ones(data_dir):
           "batch_size": 8, "text_len": 32}
   cfg = input_config_from_dict(good)
   assert cfg.members[0].weight == 2.0 and cfg.batch_size == 8
-  with pytest.raises(ValueError, match=r"unknown key 'batchsize' in input; valid keys: .*batch_size"):
+  with pytest.raises(ValueError,
+                     match=r"unknown config key input.batchsize; valid keys in input: .*batch_size"):
     input_config_from_dict({**good, "batchsize": 8})
-  with pytest.raises(ValueError, match=r"unknown key 'wieght' in input.members\[0\]; valid keys"):
+  with pytest.raises(ValueError, match=r"unknown config key input.members\[0\].wieght; valid keys"):
     input_config_from_dict({**good, "members": [{"name": "pipe_caps", "wieght": 1}]})
   with pytest.raises(ValueError, match="exactly one of name"):
     input_config_from_dict({**good, "members": [{}]})

@@ -75,7 +75,7 @@ def _records(workdir) -> list[dict]:
     ({"learning_rate": 1.0}, r"unknown config key config.learning_rate; valid keys in config: "
                              r"tokenizer, input, optimizer, model"),
     ({"optimizer.beta1": 0.9}, r"unknown config key config.optimizer.beta1; valid keys"),
-    ({"input.batchsize": 8}, r"unknown key 'batchsize' in input; valid keys"),
+    ({"input.batchsize": 8}, r"unknown config key config.input.batchsize; valid keys"),
     ({"model.vision.widht": 8}, r"config.model: unknown SigLIPConfig field"),
     ({"total_steps": 0}, r"set exactly one of config.total_steps and config.epochs"),
     ({"micro_batches": 3}, r"batch_size 8 does not divide into config.micro_batches=3"),

@@ -12,10 +12,10 @@ config.input.to_dict())`; an unknown key anywhere fails there, naming the valid 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
+from paligemma_jax.config_fields import build
 from paligemma_jax.data.tfds_input import IMAGE_DECODERS
 
 JSONL_TASK = "template"
@@ -121,35 +121,10 @@ class InputConfig:
         raise ValueError(f"input.{key} must be an int >= 0, got {value!r}")
 
 
-def input_config_from_dict(values: Mapping[str, Any]) -> InputConfig:
+def input_config_from_dict(values: Mapping[str, Any], where: str = "input") -> InputConfig:
   """`InputConfig` from plain values (e.g. `config.input.to_dict()`); members are dicts.
 
-  Unknown keys fail with the valid names, e.g. "unknown key 'batchsize' in input; valid keys: ...".
+  Unknown keys fail with the valid names, e.g. "unknown config key input.batchsize; valid keys in
+  input: members, batch_size, ..."; `where` names the section in errors ("config.input").
   """
-  values = dict(values)
-  members = values.pop("members", None)
-  if not isinstance(members, (list, tuple)):
-    raise ValueError("input.members must be a list of member settings (dicts)")
-  built = tuple(_from_dict(MemberConfig, m, f"input.members[{i}]") for i, m in enumerate(members))
-  return _from_dict(InputConfig, {**values, "members": built}, "input")
-
-
-def _from_dict(cls: type, values: Any, where: str) -> Any:
-  if isinstance(values, cls):
-    return values
-  if not isinstance(values, Mapping):
-    raise ValueError(f"{where} must be a dict of settings, got {type(values).__name__}")
-  fields = {f.name for f in dataclasses.fields(cls)}
-  for key in values:
-    if key not in fields:
-      raise ValueError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(fields))}")
-  hints = typing.get_type_hints(cls)
-  coerced = {}
-  for key, value in values.items():
-    if hints[key] is float and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    coerced[key] = value
-  try:
-    return cls(**coerced)
-  except TypeError as e:  # a required setting is missing
-    raise ValueError(f"{where}: {e}") from None
+  return build(InputConfig, values, where)

@@ -27,10 +27,10 @@ valid ones.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from paligemma_jax.config_fields import build
 from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.input_config import MemberConfig
 from paligemma_jax.evaluation.evaluators import GENERATE, SCORE, get_evaluator
@@ -127,12 +127,8 @@ def parse_evals(values: Any, where: str = "config.evals") -> tuple[EvalSpec, ...
   specs = []
   for i, item in enumerate(values):
     path = f"{where}[{i}]"
-    item = _section(item, path)
     try:
-      data = _build(MemberConfig, _section(item.get("data", {}), f"{path}.data"), f"{path}.data")
-      decoding = _build(Decoding, _section(item.get("decoding", {}), f"{path}.decoding"),
-                        f"{path}.decoding")
-      specs.append(_build(EvalSpec, item, path, given={"data": data, "decoding": decoding}))
+      specs.append(build(EvalSpec, {"data": {}, **_section(item, path)}, path))
     except ValueError as e:
       message = str(e)
       raise ValueError(message if path in message else f"{path}: {message}") from None
@@ -146,8 +142,8 @@ def parse_evals(values: Any, where: str = "config.evals") -> tuple[EvalSpec, ...
 def parse_eval_config(config: Any) -> EvalConfig:
   """Validates eval.py's config (ConfigDict or dict) and returns it typed."""
   values = _section(config.to_dict() if hasattr(config, "to_dict") else config, "config")
-  evals = parse_evals(values.get("evals", ()))
-  return _build(EvalConfig, values, "config", given={"evals": evals})
+  evals = parse_evals(values.pop("evals", ()))
+  return build(EvalConfig, values, "config", given={"evals": evals})
 
 
 def _section(values: Any, where: str) -> dict[str, Any]:
@@ -156,53 +152,3 @@ def _section(values: Any, where: str) -> dict[str, Any]:
   if not isinstance(values, Mapping):
     raise ValueError(f"{where} must be a section (a dict), got {values!r}")
   return dict(values)
-
-
-def _build(cls: type, values: Mapping[str, Any], where: str,
-           given: Mapping[str, Any] | None = None) -> Any:
-  """`cls(**values)` with one-line errors for unknown keys, missing values and wrong types."""
-  given = dict(given or {})
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  for key in values:
-    if key not in fields:
-      raise ValueError(f"unknown config key {where}.{key}; valid keys in {where}: "
-                       f"{', '.join(fields)}")
-  hints = typing.get_type_hints(cls)
-  kwargs = dict(given)
-  for name, f in fields.items():
-    if name in given:
-      continue
-    if name not in values:
-      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-        raise ValueError(f"{where}.{name} is missing; add it to the config")
-      continue
-    kwargs[name] = _typed(values[name], hints[name], f"{where}.{name}")
-  try:
-    return cls(**kwargs)
-  except ValueError as e:
-    raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
-
-
-def _typed(value: Any, hint: Any, path: str) -> Any:
-  """`value` checked against a simple annotation (str, int, float, bool, Mapping)."""
-  origin = typing.get_origin(hint) or hint
-  if origin in (Mapping, dict) or hint is Mapping:
-    if hasattr(value, "to_dict"):
-      value = value.to_dict()
-    if not isinstance(value, Mapping):
-      raise ValueError(f"{path} must be a section (a dict), got {value!r}")
-    return dict(value)
-  if hint is bool:
-    ok = isinstance(value, bool)
-  elif hint is int:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-  elif hint is float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    value = float(value) if ok else value
-  elif hint is str:
-    ok = isinstance(value, str)
-  else:
-    ok = True
-  if not ok:
-    raise ValueError(f"{path} must be {hint.__name__}, got {value!r}")
-  return value

@@ -22,11 +22,10 @@ through its `to_dict()`.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from typing import Any
 
+from paligemma_jax.config_fields import build
 from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.tasks import Task, make_task
 from paligemma_jax.data.tfds_input import TfdsSource
@@ -109,51 +108,4 @@ def parse_infer_config(config: Any) -> InferConfig:
     built = make_task(name, task)
   except ValueError as e:
     raise ValueError(f"config.task: {e}") from None
-  return _build(InferConfig, values, "config", given={"task": built})
-
-
-def _build(cls: type, values: Any, where: str, given: Mapping[str, Any] | None = None) -> Any:
-  """`cls(**values)`, recursing into dataclass-typed fields, with one-line errors."""
-  if not isinstance(values, Mapping):
-    raise ValueError(f"{where} must be a section (a dict), got {values!r}")
-  given = dict(given or {})
-  fields = [f for f in dataclasses.fields(cls)]
-  names = [f.name for f in fields]
-  for key in values:
-    if key not in names or key in given:
-      raise ValueError(f"unknown config key {where}.{key}; valid keys in {where}: "
-                       f"{', '.join(names)}")
-  hints = typing.get_type_hints(cls)
-  kwargs = dict(given)
-  for f in fields:
-    if f.name in given:
-      continue
-    if f.name not in values:
-      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-        raise ValueError(f"{where}.{f.name} is missing; add it to the config")
-      continue
-    path = f"{where}.{f.name}"
-    hint = hints[f.name]
-    if dataclasses.is_dataclass(hint):
-      kwargs[f.name] = _build(hint, values[f.name], path)
-    else:
-      kwargs[f.name] = _check_type(values[f.name], hint, path)
-  return cls(**kwargs)
-
-
-def _check_type(value: Any, hint: Any, path: str) -> Any:
-  """`value` if it is a `hint` (int, float, str, bool or a union of them); ints pass as floats."""
-  allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-  for kind in allowed:
-    if kind is type(None) and value is None:
-      return value
-    if kind is bool and isinstance(value, bool):
-      return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-      return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    if kind is str and isinstance(value, str):
-      return value
-  wanted = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
-  raise ValueError(f"{path} must be {wanted}, got {value!r}")
+  return build(InferConfig, values, "config", given={"task": built})

@@ -32,11 +32,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+from paligemma_jax.config_fields import build
 from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.input_config import InputConfig, input_config_from_dict
 from paligemma_jax.evaluation.eval_config import EvalSpec, parse_evals
@@ -153,14 +152,10 @@ def parse_train_config(config: Any) -> TrainConfig:
   given: dict[str, Any] = {}
   if "input" not in values:
     raise ValueError("config.input is missing; add an input section (see data.InputConfig)")
-  try:
-    given["input"] = input_config_from_dict(values.pop("input"))
-  except ValueError as e:
-    raise ValueError(f"config.{e}" if str(e).startswith("input") else f"config.input: {e}"
-                     ) from None
+  given["input"] = input_config_from_dict(values.pop("input"), "config.input")
   if "evals" in values:
     given["evals"] = parse_evals(values.pop("evals"))
-  return _build(TrainConfig, values, "config", given)
+  return build(TrainConfig, values, "config", given)
 
 
 def model_config(cfg: TrainConfig, vocab_size: int, image_token_id: int) -> PaliGemmaConfig:
@@ -219,85 +214,6 @@ def validate(cfg: TrainConfig, num_devices: int, process_count: int = 1) -> tupl
     raise ValueError(f"config.input.batch_size {cfg.input.batch_size} does not divide by the "
                      f"{process_count} processes")
   return sizes[0], sizes[1], sizes[2]
-
-
-# -- the generic dict -> dataclass builder -----------------------------------------------------
-
-def _build(cls: type, values: Any, where: str, given: Mapping[str, Any] | None = None) -> Any:
-  """`cls(**values)`, recursing into dataclass-typed fields, with one-line errors."""
-  if isinstance(values, cls):
-    return values
-  if not isinstance(values, Mapping):
-    raise ValueError(f"{where} must be a section (a dict), got {values!r}")
-  given = dict(given or {})
-  fields = dataclasses.fields(cls)
-  names = [f.name for f in fields]
-  for key in values:
-    if key not in names or key in given:
-      raise ValueError(f"unknown config key {where}.{key}; valid keys in {where}: "
-                       f"{', '.join(names)}")
-  hints = typing.get_type_hints(cls)
-  kwargs = dict(given)
-  for f in fields:
-    if f.name in given:
-      continue
-    if f.name not in values:
-      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-        raise ValueError(f"{where}.{f.name} is missing; add it to the config")
-      continue
-    kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{where}.{f.name}")
-  try:
-    return cls(**kwargs)
-  except (TypeError, ValueError) as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ValueError(message if message.startswith("config.") else f"{where}: {message}"
-                     ) from None
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-  """`value` checked against `hint`: scalars, unions, dataclasses, tuples and mappings."""
-  if dataclasses.is_dataclass(hint):
-    return _build(hint, value, path)
-  origin = typing.get_origin(hint)
-  if isinstance(hint, types.UnionType) or origin is typing.Union:
-    errors = []
-    for option in typing.get_args(hint):
-      try:
-        return _coerce(value, option, path)
-      except ValueError as e:
-        errors.append(e)
-    raise errors[-1]
-  if origin in (tuple, Sequence, list) or hint in (tuple, list):
-    if not isinstance(value, (list, tuple)):
-      raise ValueError(f"{path} must be a list, got {value!r}")
-    args = typing.get_args(hint)
-    if len(args) == 2 and args[1] is Ellipsis:
-      return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-    if args and len(args) == len(value):
-      return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
-    return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-  if origin in (dict, Mapping) or hint in (dict, Mapping):
-    if not isinstance(value, Mapping):
-      raise ValueError(f"{path} must be a section (a dict), got {value!r}")
-    return dict(value)
-  if hint is Any:
-    return tuple(value) if isinstance(value, list) else value
-  return _check_scalar(value, hint, path)
-
-
-def _check_scalar(value: Any, hint: Any, path: str) -> Any:
-  if hint is type(None) and value is None:
-    return value
-  if hint is bool and isinstance(value, bool):
-    return value
-  if hint is int and isinstance(value, int) and not isinstance(value, bool):
-    return value
-  if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-    return float(value)
-  if hint is str and isinstance(value, str):
-    return value
-  name = "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
-  raise ValueError(f"{path} must be {name}, got {value!r}")
 
 
 __all__ = ["ModelSettings", "MeshSettings", "TrainConfig", "parse_train_config", "model_config",
