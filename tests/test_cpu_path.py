@@ -78,3 +78,14 @@ def test_forced_overrides_and_restores():
   with pytest.raises(ValueError):
     with cpu_path.forced(prefill="fp8"):
       pass
+
+
+def test_the_timing_runs_when_first_asked_inside_a_trace(no_env, monkeypatch, tmp_path):
+  # The path is first read while a model is traced (layers.cpu_upcast); a CPU that features do
+  # not settle is timed then, with real (not traced) arrays.
+  import jax
+  import jax.numpy as jnp
+  monkeypatch.setattr(cpu_path, "cache_dirs", lambda: (tmp_path,))
+  chosen = []
+  jax.jit(lambda x: chosen.append(cpu_path._choose_prefill(AVX512)) or x * 2)(jnp.ones(3))
+  assert chosen[0][0] in cpu_path.PREFILLS and "measured" in chosen[0][1]
