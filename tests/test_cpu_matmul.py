@@ -12,7 +12,7 @@ import pytest
 
 from paligemma_jax.inference.decode import decode_tokens
 from paligemma_jax.models import cpu_matmul, cpu_path
-from model_fixtures import PG2, PG2_WINDOW, make_batch, random_params
+from model_fixtures import PG2, PG2_WINDOW, assert_greedy_tokens_agree, make_batch, random_params
 
 pytestmark = pytest.mark.skipif(not cpu_matmul._cpu_supported(),
                                 reason="needs Linux x86 with AVX2/FMA and g++")
@@ -98,9 +98,10 @@ def test_bf16_decode_matches_decode_without_kernels(kernels, prefill):
     with_kernels = run()
   with cpu_path.forced(prefill="f32", kernels="off"):  # XLA's einsum in f32 throughout
     without = run()
-  np.testing.assert_array_equal(with_kernels.tokens, without.tokens)
   scale = float(jnp.abs(without.logits).max())
   np.testing.assert_allclose(with_kernels.logits, without.logits, atol=2e-2 * scale)
+  assert assert_greedy_tokens_agree(with_kernels.tokens, without.tokens, without.logits,
+                                    4e-2 * scale) > 0
 
 
 def test_nn_split_over_contraction_is_deterministic(kernels):
@@ -165,6 +166,10 @@ def test_layer_slice_reads_its_layer_in_place(kernels, spec, x_shape, w_shape):
 
 @pytest.mark.parametrize("prefill", cpu_path.PREFILLS)
 def test_bf16_decode_keeps_no_copy_of_the_weights(kernels, prefill):
+  if prefill == "bf16" and not any(f in cpu_path.cpu_flags() for f in cpu_path.BF16_UNITS):
+    # Without bf16 units XLA may lower a bf16 GEMM through f32 converts it is free to hoist; the
+    # path never chooses bf16 there, so its memory is not pinned on such a CPU.
+    pytest.skip("bf16 prefill is only chosen on CPUs with bf16 units")
   # Unrolled over sliced layers, the decode loop made XLA copy every layer out of its stack, and
   # the prefill widened every layer's weights to f32 at the start (the image encoder's too, when
   # scanned): temporaries of ~3x the layers' bf16 bytes per call. Layers read in place and

@@ -108,14 +108,14 @@ def test_dropout_acts_on_both_residual_branches_only(config):
   params, batch = random_params(config), make_batch(config, batch=2)
   key = jax.random.key(3)
 
-  def changed(p) -> bool:
+  def change(p) -> float:  # two programs (with and without the dropout ops): not bit-compared
     det = _forward(config, p, batch, deterministic=True)
     drop = _forward(config, p, batch, deterministic=False, rng=key)
-    return not np.array_equal(det, drop)
+    return float(np.abs(det - drop).max() / np.abs(det).max())
 
-  assert not changed(_zero_weights(params, "attn", "mlp"))
-  assert changed(_zero_weights(params, "attn"))  # only the MLP branch is left
-  assert changed(_zero_weights(params, "mlp"))  # only the attention branch is left
+  assert change(_zero_weights(params, "attn", "mlp")) < 1e-5
+  assert change(_zero_weights(params, "attn")) > 1e-2  # only the MLP branch is left
+  assert change(_zero_weights(params, "mlp")) > 1e-2  # only the attention branch is left
 
 
 def test_inference_with_a_dropout_config_is_unaffected():
@@ -170,9 +170,11 @@ def test_step_keys_depend_on_the_step_and_micro_batch():
   loss = jax.jit(lambda p, b, r: step_lib.batch_loss(config, p, b, settings, r)[0])
   rng = jax.random.PRNGKey(7)
   at = lambda s: float(loss(params, batch, jax.random.fold_in(rng, s)))
-  assert at(0) == at(0) and at(0) != at(1)
-  assert float(loss(params, batch, None)) == float(
-      jax.jit(lambda p, b: step_lib.batch_loss(STEP_CONFIG, p, b, settings)[0])(params, batch))
+  assert at(0) != at(1)
+  no_rate = jax.jit(lambda p, b: step_lib.batch_loss(STEP_CONFIG, p, b, settings)[0])
+  # a rate without a key drops nothing
+  np.testing.assert_allclose(float(loss(params, batch, None)), float(no_rate(params, batch)),
+                             rtol=1e-6)
 
 
 # --- the config boundary and the trainer -------------------------------------------------------

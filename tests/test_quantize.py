@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from model_fixtures import CONFIGS, forward, make_batch, random_params
+from model_fixtures import CONFIGS, assert_greedy_tokens_agree, forward, make_batch, random_params
 from paligemma_jax import checkpoints, sharding
 from paligemma_jax.api import load_checkpoint
 from paligemma_jax.inference import generate
@@ -145,9 +145,10 @@ def test_greedy_decoding_with_quantized_params(quant):
   scanned = decode_tokens(*args, unroll_layers=False, keep_logits=True, **kwargs)
   assert unrolled.tokens.shape == (2, 5) and unrolled.tokens.dtype == jnp.int32
   assert np.all((np.asarray(unrolled.tokens) >= 0) & (np.asarray(unrolled.tokens) < 192))
-  np.testing.assert_array_equal(unrolled.tokens, scanned.tokens)
-  # bf16 paths differ in rounding (CPU kernels and f32 prefill vs XLA's scanned bf16 layers)
+  # bf16 paths differ in rounding (the CPU path's kernels and prefill vs XLA's scanned bf16
+  # layers): logits within 0.3, tokens equal until a near-tie
   np.testing.assert_allclose(unrolled.logits, scanned.logits, atol=0.3)
+  assert assert_greedy_tokens_agree(unrolled.tokens, scanned.tokens, scanned.logits, 0.6) > 0
   ids = generate(qconfig, qparams, batch, 5, eos_id=1)
   np.testing.assert_array_equal(ids, unrolled.tokens)
 
