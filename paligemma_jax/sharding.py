@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from paligemma_jax.models import PaliGemmaConfig, param_logical_axes, param_shapes
+from paligemma_jax.models.quantize import quantized_shardings
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -97,11 +98,19 @@ def _mesh_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Pa
 
 
 def param_shardings(config: PaliGemmaConfig, mesh: Mesh) -> dict:
-  """NamedSharding for every parameter of `config`, as a pytree shaped like the params."""
-  logical = param_logical_axes(config)
-  return jax.tree.map(
+  """NamedSharding for every parameter of `config`, as a pytree shaped like the params.
+
+  Quantized params (`config.quantization`, models/quantize.py) take their weight's sharding for
+  the integer values; their scales drop the contraction axes' sharding.
+  """
+  plain = config.replace(quantization=None) if config.quantization is not None else config
+  shapes = param_shapes(plain)
+  shardings = jax.tree.map(
       lambda spec, shape: NamedSharding(mesh, _mesh_spec(spec, shape.shape, mesh)),
-      logical, param_shapes(config), is_leaf=lambda x: isinstance(x, PartitionSpec))
+      param_logical_axes(plain), shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  if config.quantization is None:
+    return shardings
+  return quantized_shardings(shardings, shapes, config.quantization)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -28,7 +28,7 @@ from paligemma_jax.api import load_checkpoint
 from paligemma_jax.inference import generate
 from paligemma_jax.inference.decode import decode_tokens
 from paligemma_jax.inference.infer_config import parse_infer_config
-from paligemma_jax.inference.pipeline import Pipeline, param_shardings
+from paligemma_jax.inference.pipeline import Pipeline
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig, param_shapes
 from paligemma_jax.models import quantize
 from paligemma_jax.models.config import QuantizationConfig
@@ -121,6 +121,13 @@ def test_quantized_checkpoint_round_trips(tmp_path):
   with pytest.raises(ValueError, match="already quantized"):
     load_checkpoint(tmp_path / "q", quantize="int8")
   assert PaliGemmaConfig.from_dict(json.loads(json.dumps(qconfig.to_dict()))) == qconfig
+  # The one sharding table (what eval and training place params with) has the quantized tree.
+  mesh = sharding.make_mesh(data=2, fsdp=2, model=2)
+  placed = jax.device_put(params2, sharding.param_shardings(config2, mesh))
+  assert jax.tree.structure(placed) == jax.tree.structure(params2)
+  from paligemma_jax.training.state import load_pretrained
+  with pytest.raises(ValueError, match="holds int4 params; fine-tune from the unquantized"):
+    load_pretrained(str(tmp_path / "q"), {}, mesh)
 
 
 def test_load_checkpoint_quantizes_an_unquantized_checkpoint(tmp_path):
@@ -214,7 +221,7 @@ def test_quantized_params_shard_over_fsdp_and_model_axes():
   config = bf16("pg2")
   qconfig, qparams = quantize.quantize_loaded(config, random_params(config), INT4)
   mesh = sharding.make_mesh(data=2, fsdp=2, model=2)
-  shardings = param_shardings(qconfig, mesh)
+  shardings = sharding.param_shardings(qconfig, mesh)
   up = shardings["params"]["llm"]["layers"]["mlp"]["up"]
   assert up["w_int4"].spec == up_spec(config, mesh)  # the weight's own sharding
   placed = jax.device_put(qparams, shardings)

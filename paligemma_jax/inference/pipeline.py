@@ -27,9 +27,8 @@ from paligemma_jax.inference.decode import as_key, decode_tokens
 from paligemma_jax.inference.parsers import (DetectedObject, clean_generated_text, mask_decoder,
                                              parse_detections, parse_segmentations)
 from paligemma_jax.inference.sampling import GREEDY, Sampler
-from paligemma_jax.models import PaliGemmaConfig, param_shapes
+from paligemma_jax.models import PaliGemmaConfig
 from paligemma_jax.models.config import QuantizationConfig
-from paligemma_jax.models.quantize import quantized_shardings
 
 DEFAULT_MAX_LENGTH = 8192  # Gemma's position range; prompt + new tokens must fit
 
@@ -84,7 +83,7 @@ class Pipeline:
     self.tokenizer = processor.tokenizer
     self.mesh = mesh or sharding.make_mesh()
     # Params replicated across the data axis (with the default mesh every spec is replicated).
-    self.params = jax.device_put(params, param_shardings(config, self.mesh))
+    self.params = jax.device_put(params, sharding.param_shardings(config, self.mesh))
     self.decode_fn = None if vqvae_params is None else mask_decoder(vqvae_params)
 
   @classmethod
@@ -157,15 +156,6 @@ class Pipeline:
     elif task == "segment":
       objects = parse_segmentations(text, image_hw(first), self.decode_fn)
     return Result(prompt, text, ids, float(logprob), objects)
-
-
-def param_shardings(config: PaliGemmaConfig, mesh: jax.sharding.Mesh) -> dict:
-  """`sharding.param_shardings`, for quantized params too (`models/quantize.py`)."""
-  plain = config.replace(quantization=None)
-  shardings = sharding.param_shardings(plain, mesh)
-  if config.quantization is None:
-    return shardings
-  return quantized_shardings(shardings, param_shapes(plain), config.quantization)
 
 
 def _pad_rows(batch: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:

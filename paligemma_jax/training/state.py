@@ -162,6 +162,9 @@ def load_pretrained(path: str, overrides: dict[str, Any], mesh: Mesh
     params = jax.device_put(params, stored_shardings)
   else:
     stored = checkpoints.read_config(path)
+    if stored.quantization is not None:
+      raise ValueError(f"config.init {path} holds {stored.quantization.kind} params; fine-tune "
+                       "from the unquantized checkpoint (QLoRA is not supported yet)")
     stored = stored.replace(param_dtype="float32")
     _, params = checkpoints.load_params(path, shardings=sharding.param_shardings(stored, mesh),
                                         dtype="float32")
