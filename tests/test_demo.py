@@ -42,7 +42,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
   assert (workdir / "train" / "params").is_dir()
   assert (workdir / "train" / "model_config.json").is_file()
   loss_line = next(line for line in out.splitlines() if "at the first step" in line)
-  assert "at the last: fell" in loss_line and "x (target >= 5x)" in loss_line
+  assert "at the last: fell" in loss_line
 
   # 3. held-out accuracy per kind of row
   assert "[3/4] evaluate" in out

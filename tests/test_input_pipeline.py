@@ -91,13 +91,13 @@ def test_each_epoch_is_a_fresh_permutation_and_draws_references_afresh(data_dir,
   epochs = [order[k * n:(k + 1) * n] for k in range(3)]
   for epoch in epochs:
     assert sorted(epoch) == list(range(n))
-  assert epochs[0] != epochs[1] != epochs[2]
+  assert len({tuple(epoch) for epoch in epochs}) == 3  # a fresh permutation each epoch
   # big_vision's choice op: each epoch draws one caption per example, afresh
   suffixes: dict[int, set[bytes]] = {}
   for b in batches:
     for r in range(6):
       suffixes.setdefault(example_of(b["images"][r])[1], set()).add(b["labels"][r].tobytes())
-  assert all(len(s) in (1, 2, 3) for s in suffixes.values()) and len(suffixes) == n
+  assert len(suffixes) == n
   assert sum(len(s) > 1 for s in suffixes.values()) >= n // 2  # 3 draws of 2: 75% differ
 
 

@@ -367,8 +367,7 @@ CASES = {
 
 
 def _stats_functions(name):
-  base = "pope" if name == "pope" else name
-  return getattr(ev, f"{base}_stats"), getattr(ev, f"{base}_from_stats")
+  return getattr(ev, f"{name}_stats"), getattr(ev, f"{name}_from_stats")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -384,6 +383,5 @@ def test_merged_stats_of_two_halves_equal_the_whole(name, cut):
   whole = stats_fn(preds, refs, **kwargs)
   merged = ev.merge(part(0, cut), part(cut, len(preds)))
   assert merged == pytest.approx(whole)
-  assert from_stats(merged) == pytest.approx(from_stats(whole))
-  assert from_stats(whole) == pytest.approx(getattr(ev, name)(preds, refs, **kwargs))
+  assert from_stats(merged) == pytest.approx(getattr(ev, name)(preds, refs, **kwargs))
   assert all(isinstance(v, float) for v in whole.values())
