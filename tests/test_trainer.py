@@ -278,3 +278,15 @@ def test_config_evals_run_through_the_evaluation_hook(shapes, tmp_path):
   scores = {k: v for k, v in last.items() if k.startswith("eval/shapes")}
   assert scores and all(0.0 <= v <= 1.0 or k.endswith("num") for k, v in scores.items()), last
   assert list((tmp_path / "evals" / "eval").glob("step_*2/shapes/metrics.json"))
+
+
+def test_every_process_compiles_the_same_loss_start(monkeypatch):
+  """The leading-image count is decided from each process's first batch; a process whose rows
+  are not all image-first makes every process score from position 0 (else their steps differ)."""
+  from paligemma_jax.training import trainer as trainer_lib
+  images_first = {"tokens": np.array([[9, 9, 5], [9, 9, 6]])}
+  assert trainer_lib._loss_start(images_first, 9, 2) == 2
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(trainer_lib.multihost_utils, "process_allgather",
+                      lambda x: np.stack([x, np.int32(0)]))  # the other process: text first
+  assert trainer_lib._loss_start(images_first, 9, 2) == 0

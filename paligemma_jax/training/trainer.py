@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from paligemma_jax import checkpoints, sharding
@@ -109,9 +110,16 @@ class MetricsWriter:
 
 
 def _loss_start(batch: dict[str, np.ndarray], image_token_id: int, num_image_tokens: int) -> int:
-  """The leading image placeholders every row has (the step drops them before the LM head)."""
+  """The leading image placeholders every row has (the step drops them before the LM head).
+
+  Every process must compile the same step, so each one's first batch has its say: the smallest
+  answer of all processes is taken.
+  """
   lead = batch["tokens"][:, :num_image_tokens] == image_token_id
-  return num_image_tokens if lead.all() else 0
+  start = num_image_tokens if lead.all() else 0
+  if jax.process_count() > 1:
+    start = int(np.min(multihost_utils.process_allgather(np.int32(start))))
+  return start
 
 
 def _check_layout(batch: dict[str, np.ndarray], start: int, image_token_id: int) -> None:
