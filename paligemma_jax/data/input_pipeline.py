@@ -123,11 +123,12 @@ class Preparation:
 
   def encode(self, images: list[Any], prefix: str, suffix: str) -> dict[str, Any]:
     """The processor's arrays for one row (batch axis dropped), plus `_truncated`."""
-    processor = self.processor
-    length = len(processor.prefix_ids(prefix, len(images))) + len(processor.suffix_ids(suffix))
-    out = processor([images], [prefix], [suffix], padding_side="right",
-                    max_length=self.max_length)
-    return {k: v[0] for k, v in out.items()} | {"_truncated": length > self.max_length}
+    out = self.processor([images], [prefix], [suffix], padding_side="right",
+                         max_length=self.max_length)
+    row = {k: v[0] for k, v in out.items()}
+    # Right-padded, a whole row ends in eos: a row that fills the length without it was cut.
+    cut = row["input_mask"][-1] and row["tokens"][-1] != self.processor.tokenizer.eos_id
+    return row | {"_truncated": bool(cut)}
 
 
 class Skipping(grain.IterDataset):
