@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from paligemma_jax.evaluation.eval_config import parse_eval_config
+from paligemma_jax.inference.batch_infer import check_output
 from paligemma_jax.evaluation.run_evals import EvalResult, check_outputs, eval_folder, run_eval
 from paligemma_jax.evaluation.saved_predictions import score_predictions, write_metrics
 
@@ -73,13 +73,8 @@ def score_file(predictions: str, metric: str, *, output: str | None = None,
     if not isinstance(options, dict):
       raise ValueError(f"--metric_options must be a JSON object, got {options!r}")
   if output:  # before the scoring, which may be slow
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
   metrics = score_predictions(predictions, metric, options)
   if output:
     write_metrics(output, metrics, overwrite=overwrite)
   return metric_table({metric: metrics})
-
-
-def _check_output(path: str, overwrite: bool) -> None:
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} exists; pass --overwrite to replace it")

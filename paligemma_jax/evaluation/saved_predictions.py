@@ -22,6 +22,7 @@ from typing import Any
 
 from paligemma_jax.evaluation.evaluators import get_evaluator
 from paligemma_jax.evaluation.run_evals import write_atomically
+from paligemma_jax.inference.batch_infer import check_output
 
 
 def read_prediction_rows(path: str, required: list[str]) -> tuple[list[dict[str, Any]], int]:
@@ -81,10 +82,6 @@ def score_predictions(path: str, metric: str, options: Mapping[str, Any] | None 
 
 def write_metrics(path: str, metrics: Mapping[str, float], *, overwrite: bool = False) -> None:
   """`metrics` as JSON at `path` (atomically; an existing file only with `overwrite`)."""
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-  folder = os.path.dirname(path) or "."
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"output folder {folder} does not exist; create it first")
+  check_output(path, overwrite)
   write_atomically({path: json.dumps(dict(metrics), indent=1, sort_keys=True) + "\n"})
 
