@@ -43,7 +43,4 @@ class Predictor:
                ) -> list[str]:
     """Greedy decoded texts, one per prompt (special pieces such as <loc> kept)."""
     ids = self.generate_ids(images, prompts, max_new_tokens)
-    tokenizer = self.processor.tokenizer
-    return [tokenizer.decode([int(t) for t in row if t not in (tokenizer.eos_id,
-                                                                tokenizer.pad_id)])
-            for row in ids]
+    return [self.processor.tokenizer.decode(row) for row in ids]  # cut at eos, pads dropped
