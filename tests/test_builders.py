@@ -18,6 +18,9 @@ import tensorflow_datasets as tfds
 
 from paligemma_jax.data.build_dataset import BuildError, build_dataset, main
 from paligemma_jax.data.builders import BUILDERS
+from paligemma_jax.data.task_base import check_fields
+from paligemma_jax.data.tasks import make_task
+from paligemma_jax.data.tfds_input import feature_tree
 
 H, W = 6, 8  # Every fake image is W x H.
 
@@ -52,6 +55,15 @@ def build_and_read(name: str, raw: pathlib.Path, tmp_path: pathlib.Path, config:
     examples = [source[i] for i in range(len(source))]
     out[split] = sorted(examples, key=lambda ex: ex["question_id"] if "question_id" in ex else ex["image/id"])
   return out
+
+
+def default_task_rows(task: str, name: str, tmp_path: pathlib.Path, example: dict) -> list:
+  """`task`'s rows of a built example with no options: its defaults must read what the builder
+  writes (the transfer configs name no fields)."""
+  built = make_task(task)
+  check_fields(built, task, feature_tree(tfds.builder(name, data_dir=tmp_path / "tfds").info.features),
+               name)
+  return built.rows(example, 0)
 
 
 def assert_image(example: dict) -> None:
@@ -245,6 +257,9 @@ def test_ai2d_splits_by_test_ids_and_letters_abc_questions(tmp_path):
   assert (plain["image"] == 90).all()  # The released diagram.
   assert (abc["image"][1:6, 1:8] != 90).all(axis=-1).all()  # Its text box blanked and lettered.
   assert (abc["image"][0] == 90).all()
+  [row] = default_task_rows("multiple_choice", "ai2d", tmp_path, abc)
+  assert row.prefix == "answer en  which label shows the larva? choose from: A \t B \t C \t D"
+  assert (row.id, row.references, row.fields["correct_index"]) == ("1.png-1", ("C",), 2)
 
 
 def test_science_qa_keeps_problems_with_images(tmp_path):
@@ -270,6 +285,10 @@ def test_science_qa_keeps_problems_with_images(tmp_path):
   assert ex["lecture"] == b"Magnets attract iron." and ex["solution"] == b"Iron is attracted."
   assert ex["subject"] == b"natural science" and ex["skill"] == b"Identify magnets"
   assert_image(ex)
+  [row] = default_task_rows("science_qa", "science_qa", tmp_path, ex)
+  assert row.prefix == ("Question: Which is a magnet 5?\nContext: Look at the picture.\n"
+                        "Options: (A) iron, (B) wood, (C) glass\nAnswer:")
+  assert (row.id, row.references) == (5, ("The answer is C.",))
 
 
 def test_tallyqa_counts_and_issimple(tmp_path):

@@ -100,15 +100,14 @@ def test_count_tallyqa():
 
 def test_multiple_choice_aokvqa_and_ai2d():
   example = {"image": image(), "question": b"What is on the sofa?", "question_id": b"abc",
-             "multiple_choice_possible_answers": texts("a cat", "a dog", "a cow"),
-             "multiple_choice_correct_idx": np.int32(1)}
+             "choices": texts("a cat", "a dog", "a cow"), "answer_index": np.int32(1)}
   row = one(make_task("multiple_choice").rows(example, 0))
   # big_vision: PREFIX "answer en " + " {question} choose from: " + options joined by " \t ".
   assert row.prefix == "answer en  What is on the sofa? choose from: a cat \t a dog \t a cow"
   assert row.references == ("a dog",) and row.id == "abc"
   assert row.fields == {"choices": ["a cat", "a dog", "a cow"], "correct_index": 1}
   unlabelled = one(make_task("multiple_choice").rows(
-      {**example, "multiple_choice_correct_idx": np.int32(-1)}, 0))  # test split
+      {**example, "answer_index": np.int32(-1)}, 0))  # test split
   assert (unlabelled.references, unlabelled.fields["correct_index"]) == ((), None)
   ai2d = make_task("multiple_choice", {"choices_key": "possible_answers", "answer_key": "answer",
                                        "correct_index_key": "", "id_key": "id"})
@@ -120,14 +119,15 @@ def test_multiple_choice_aokvqa_and_ai2d():
 
 
 SCIQA = {"image": image(), "question": b"Which is a mammal?", "hint": b"Look at the animals.",
-         "choices": texts("frog", "whale", "trout"), "answer": np.int64(1), "_id": b"s1"}
+         "choices": texts("frog", "whale", "trout"), "answer_index": np.int32(1),
+         "question_id": np.int64(11)}
 
 
 def test_science_qa_template_and_target():
   row = one(make_task("science_qa").rows(SCIQA, 0))
   assert row.prefix == ("Question: Which is a mammal?\nContext: Look at the animals.\n"
                         "Options: (A) frog, (B) whale, (C) trout\nAnswer:")
-  assert (row.id, row.references) == ("s1", ("The answer is B.",))
+  assert (row.id, row.references) == (11, ("The answer is B.",))
   no_hint = one(make_task("science_qa").rows({**SCIQA, "hint": b""}, 0))
   assert "\nContext: \nOptions:" in no_hint.prefix
 
@@ -336,18 +336,17 @@ def test_bad_options_fail_at_construction_in_one_line(name, options, message):
     ("vqa", {}, {"image": np.zeros((4, 4), np.float32), "question_id": 5, "question": b"q",
                  "answers": texts("a")}, "field 'image' is not a decoded image"),
     ("multiple_choice", {}, {"image": image(), "question_id": 5, "question": b"q",
-                             "multiple_choice_possible_answers": texts("a", "b"),
-                             "multiple_choice_correct_idx": 2},
-     "multiple_choice_correct_idx = 2 but there are only 2 options"),
-    ("science_qa", {}, {**SCIQA, "_id": 5, "answer": 3},
-     "answer = 3 is not an option index (0..2)"),
+                             "choices": texts("a", "b"), "answer_index": 2},
+     "answer_index = 2 but there are only 2 options"),
+    ("science_qa", {}, {**SCIQA, "question_id": 5, "answer_index": 3},
+     "answer_index = 3 is not an option index (0..2)"),
 ])
 def test_a_bad_example_fails_only_its_own_row(name, options, example, message):
   task = make_task(name, options)
   good = {"image": image(), "question_id": 1, "question": b"q", "answers": texts("a"),
-          "multiple_choice_possible_answers": texts("a", "b"), "multiple_choice_correct_idx": 0,
-          **({k: v for k, v in SCIQA.items() if k != "_id"} if name == "science_qa" else {}),
-          "_id": 1}
+          "choices": texts("a", "b"), "answer_index": 0,
+          **({k: v for k, v in SCIQA.items() if k != "question_id"} if name == "science_qa"
+             else {})}
   rows = [r for i, ex in enumerate([good, example, good]) for r in rows_or_error(task, ex, i)]
   assert [r.error is None for r in rows] == [True, False, True]
   assert rows[1].id == 5 and rows[1].error.startswith(f"example 1: {message}")

@@ -10,8 +10,7 @@ release's aokvqa_v1p0_{train,val}.json rows one per line with the COCO 2017 imag
 
 from configs.transfers import common
 
-MC = dict(lang="en", image_key="image", question_key="question", choices_key="choices",
-          correct_index_key="correct_choice_idx", id_key="question_id")
+MC = dict(correct_index_key="correct_choice_idx")  # The release's name; the rest are defaults.
 HPARAMS = {
     224: common.Hparams(batch_size=128, lr=5e-6, epochs=15),
     448: common.Hparams(batch_size=128, lr=5e-6, epochs=15),

@@ -3,19 +3,17 @@
 (options shuffled in training); the answer letter's accuracy on test, greedy. ViT frozen.
 Default res 448 (big_vision's default).
 
-Data: the project's `science_qa` builder.
+Data: the project's `science_qa` builder (the task's defaults read its fields).
 """
 
 from configs.transfers import common
 
-SQA = dict(image_key="image", question_key="question", hint_key="hint", choices_key="choices",
-           answer_key="answer_index", id_key="question_id")
 HPARAMS = {
     224: common.Hparams(batch_size=128, lr=1e-5, epochs=20, freeze_vit=True),
     448: common.Hparams(batch_size=128, lr=1e-5, epochs=20, freeze_vit=True),
 }
-TRAIN = [common.tfds("science_qa", "train", "science_qa", **SQA)]
-TEST = common.tfds("science_qa", "test", "science_qa", **SQA)
+TRAIN = [common.tfds("science_qa", "train", "science_qa")]
+TEST = common.tfds("science_qa", "test", "science_qa")
 EVALS = {
     "scienceqa_test": common.evaluation("scienceqa", TEST),
     "scienceqa_test_pplx": common.perplexity(TEST),

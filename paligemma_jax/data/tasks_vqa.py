@@ -150,17 +150,18 @@ class MultipleChoice:
   """`answer {lang}  {question} choose from: {c1} \\t {c2} ...` → the correct option's text.
 
   big_vision's A-OKVQA MC and AI2D prompt (`PREFIX = "answer en "` then
-  `"{PREFIX} {question} choose from: {options}"`, hence two spaces). The correct option comes
-  from its index (A-OKVQA: multiple_choice_correct_idx; a negative index = unlabelled) or its
-  text (AI2D: answer_key="answer", choices_key="possible_answers", correct_index_key="").
+  `"{PREFIX} {question} choose from: {options}"`, hence two spaces). The defaults read what the
+  project's builders write (`ai2d`: choices, answer_index, question_id). The correct option comes
+  from its index (a negative index = unlabelled; A-OKVQA's release JSON names it
+  correct_choice_idx) or its text (answer_key="answer", correct_index_key="").
   Rows carry `choices` and `correct_index` (None when unknown).
   """
 
   lang: str = "en"
   image_key: str = "image"
   question_key: str = "question"
-  choices_key: str = "multiple_choice_possible_answers"
-  correct_index_key: str = "multiple_choice_correct_idx"  # "" = use answer_key
+  choices_key: str = "choices"
+  correct_index_key: str = "answer_index"  # "" = use answer_key
   answer_key: str = ""  # the correct option's text; "" = use correct_index_key
   id_key: str = "question_id"
   field_keys: tuple[str, ...] = ()
@@ -219,15 +220,16 @@ class ScienceQA:
 
   With `rng` (training) the options are shuffled, as big_vision's `sci_qa_choices_shuffle`;
   without it they keep the dataset's order (big_vision's evaluation reads the dataset's
-  precomputed `indexed_choices` / `indexed_answer`, which are that order).
+  precomputed `indexed_choices` / `indexed_answer`, which are that order). The defaults read
+  what the project's `science_qa` builder writes.
   """
 
   image_key: str = "image"
   question_key: str = "question"
   hint_key: str = "hint"
   choices_key: str = "choices"
-  answer_key: str = "answer"  # the correct option's index; "" = no references
-  id_key: str = "_id"  # "" = the example's index in the split
+  answer_key: str = "answer_index"  # the correct option's index; "" = no references
+  id_key: str = "question_id"  # "" = the example's index in the split
   one_row_per_example: ClassVar[bool] = True
 
   def fields_read(self) -> list[tuple[str, str]]:
