@@ -350,3 +350,23 @@ def test_a_bad_example_fails_only_its_own_row(name, options, example, message):
   rows = [r for i, ex in enumerate([good, example, good]) for r in rows_or_error(task, ex, i)]
   assert [r.error is None for r in rows] == [True, False, True]
   assert rows[1].id == 5 and rows[1].error.startswith(f"example 1: {message}")
+
+
+def test_rows_or_error_covers_reading_and_decoding_for_every_reader():
+  """The TFDS, training and eval readers all go through rows_or_error: a read that fails gives
+  the index as id, a decode that fails the example's own id; `label` names the source."""
+  task = make_task("vqa")
+  example = {"image": b"not decoded", "question_id": 9, "question": b"q", "answers": texts("a")}
+
+  def unreadable():
+    raise OSError("cannot read record")
+
+  def bad_decode(ex):
+    raise ValueError("cannot decode image: truncated\nsecond line")
+
+  [row] = rows_or_error(task, unreadable, 4, label="val.jsonl")
+  assert (row.id, row.error) == (4, "val.jsonl example 4: cannot read record")
+  [row] = rows_or_error(task, lambda: example, 4, decode=bad_decode)
+  assert (row.id, row.error) == (9, "example 4: cannot decode image: truncated")
+  [row] = rows_or_error(task, example, 4, decode=lambda ex: {**ex, "image": image()})
+  assert row.error is None and row.id == 9 and row.prefix == "answer en q"

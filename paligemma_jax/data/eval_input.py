@@ -7,9 +7,10 @@
 
 - Rows come in stored order over this process's share of the split (examples p, p + P, ...),
   read and decoded by Grain's threads; a task may make several rows per example (refexp).
-- An example that cannot be read or decoded becomes one `Row` with `error` set, as in
-  `tfds_input.tfds_rows`; `eval_batches` leaves such rows out of the batches and lists their
-  errors in the next batch's "errors", so the evaluator can count them.
+- An example that cannot be read or decoded becomes one `Row` with `error` set
+  (`task_base.rows_or_error`, as in `tfds_input.tfds_rows`); `eval_batches` leaves such rows out
+  of the batches and lists their errors in the next batch's "errors", so the evaluator can count
+  them.
 - Batches hold prompts only (no suffix), padded on the left (`padding_side`) to
   `num_images * num_image_tokens + text_len` tokens; the last batch is filled with copies of
   its first row marked `valid = False`.
@@ -17,7 +18,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,26 +29,6 @@ from paligemma_jax.data.input_config import MemberConfig
 from paligemma_jax.data.input_pipeline import Member, open_member
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tasks import Row
-from paligemma_jax.data.tfds_input import with_decoded_images
-
-
-@dataclasses.dataclass(frozen=True)
-class _ExampleRows:
-  """index -> the example's rows (or one error row)."""
-
-  member: Member
-
-  def __call__(self, index: int) -> list[Row]:
-    member = self.member
-    try:
-      example = member.source.examples[index]
-      example = with_decoded_images(example, member.task.image_fields(),
-                                    member.config.image_decoder)
-      return member.task.rows(example, index)
-    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
-      reason = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else (
-          str(e).splitlines()[0] if str(e) else type(e).__name__)
-      return [Row(index, None, error=f"{member.config.label} example {index}: {reason}")]
 
 
 def eval_rows(config: MemberConfig, *, process_index: int = 0, process_count: int = 1,
@@ -60,7 +41,7 @@ def eval_rows(config: MemberConfig, *, process_index: int = 0, process_count: in
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   member = open_member(config)
   ds = grain.MapDataset.range(len(member.source))[process_index::process_count]
-  ds = ds.map(_ExampleRows(member)).to_iter_dataset(
+  ds = ds.map(functools.partial(member.rows, label=member.config.label)).to_iter_dataset(
       grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads))
   return (row for rows in ds for row in rows)
 

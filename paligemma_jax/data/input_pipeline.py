@@ -27,6 +27,7 @@ Batches (per process, B = batch_size / process_count, L = n_images * N + text_le
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +39,8 @@ from paligemma_jax.data.input_config import InputConfig, MemberConfig
 from paligemma_jax.data.mixture import Element, mixed_stream, normalise_weights
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.sources import OpenedSource, open_jsonl, open_tfds
-from paligemma_jax.data.tasks import Task, make_task
+from paligemma_jax.data.task_base import DATA_ERRORS, error_message
+from paligemma_jax.data.tasks import Row, Task, make_task, rows_or_error
 from paligemma_jax.data.tfds_input import with_decoded_images
 
 NOTES_KEPT = 5  # distinct skip reasons kept for the summary
@@ -55,6 +57,15 @@ class Member:
   config: MemberConfig
   source: OpenedSource
   task: Task
+
+  def rows(self, index: int, *, rng: np.random.Generator | None = None, label: str = ""
+           ) -> list[Row]:
+    """Example `index` read, its images decoded and made rows (`rows_or_error`: a bad example
+    is one error row)."""
+    decode = functools.partial(with_decoded_images, keys=self.task.image_fields(),
+                               decoder=self.config.image_decoder)
+    return rows_or_error(self.task, lambda: self.source.examples[index], index, rng=rng,
+                         decode=decode, label=label)
 
 
 def open_member(config: MemberConfig, position: int = 0) -> Member:
@@ -97,29 +108,23 @@ class Preparation:
   def __call__(self, element: Element) -> dict[str, Any] | Skip:
     m, index, epoch = element
     member = self.members[m]
-    try:
-      return self._prepare(member, m, index, epoch)
-    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
-      reason = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else _first_line(e)
-      return Skip(m, f"{member.config.label} example {index}: {reason}")
-
-  def _prepare(self, member: Member, m: int, index: int, epoch: int) -> dict[str, Any] | Skip:
-    example = member.source.examples[index]
-    decoder = member.config.image_decoder
-    example = with_decoded_images(example, member.task.image_fields(), decoder)
+    where = f"{member.config.label} example {index}"
     rng = np.random.default_rng([self.seed, m, epoch, index])
-    rows = member.task.rows(example, index, rng=rng)  # training: the task draws its variant
+    rows = member.rows(index, rng=rng)  # training: the task draws its variant
     if not rows:
-      return Skip(m, f"{member.config.label} example {index}: the task made no row")
+      return Skip(m, f"{where}: the task made no row")
     row = rows[int(rng.integers(len(rows)))]
-    if row.error or not row.references:
-      why = row.error or "no reference to train on"
-      return Skip(m, f"{member.config.label} example {index}: {why}")
+    if row.error:  # "example {index}: ..." (or a task's "example {index} object {j}: ...")
+      return Skip(m, f"{member.config.label} {row.error}")
+    if not row.references:
+      return Skip(m, f"{where}: no reference to train on")
     if len(row.images) != self.num_images:
-      return Skip(m, f"{member.config.label} example {index}: {len(row.images)} images, "
-                     f"input.num_images is {self.num_images}")
+      return Skip(m, f"{where}: {len(row.images)} images, input.num_images is {self.num_images}")
     suffix = row.references[int(rng.integers(len(row.references)))]
-    return self.encode(list(row.images), row.prefix or "", suffix) | {"_member": m}
+    try:
+      return self.encode(list(row.images), row.prefix or "", suffix) | {"_member": m}
+    except DATA_ERRORS as e:
+      return Skip(m, f"{where}: {error_message(e)}")
 
   def encode(self, images: list[Any], prefix: str, suffix: str) -> dict[str, Any]:
     """The processor's arrays for one row (batch axis dropped), plus `_truncated`."""
@@ -276,7 +281,3 @@ class TrainInput:
 def _zero_counts(num_members: int) -> dict[str, Any]:
   return {"drawn": np.zeros(num_members, np.int64), "skipped": np.zeros(num_members, np.int64),
           "truncated_total": 0, "notes": []}
-
-
-def _first_line(e: BaseException) -> str:
-  return str(e).splitlines()[0] if str(e) else type(e).__name__

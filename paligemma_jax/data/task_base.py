@@ -8,7 +8,7 @@ TFDS keys may themselves contain "/").
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -74,17 +74,40 @@ class Task(Protocol):
     caller from `Row.references`."""
 
 
-def rows_or_error(task: Task, example: Mapping[str, Any], index: int, *,
-                  rng: np.random.Generator | None = None) -> list[Row]:
-  """`task.rows(...)`, or one error row (id, one-line reason) when the example is malformed."""
+# What malformed data raises while an example is read, decoded or turned into rows.
+DATA_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError)
+
+
+def rows_or_error(task: Task, example: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+                  index: int, *, rng: np.random.Generator | None = None,
+                  decode: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+                  label: str = "") -> list[Row]:
+  """`task.rows(decode(example), index)`, or one error row when the example is malformed.
+
+  The one place a bad example becomes a row instead of an exception, for every reader (TFDS
+  through tf.data, Grain's training and evaluation inputs).
+
+  Args:
+    example: the example, or a function reading it (a read can fail too: a bad record or file).
+    decode: what readers do before the task (decode its images); None = nothing.
+    label: names the source in the message ("{label} example {index}: ...").
+  Returns:
+    the task's rows, or one row with the example's id (its index when even that cannot be read)
+    and `error` = "[label ]example {index}: {one-line reason}".
+  """
+  raw = None
   try:
-    return task.rows(example, index, rng=rng)
-  except (ValueError, KeyError, TypeError, IndexError) as e:
-    try:
-      row_id = task.example_id(example, index)
-    except (ValueError, KeyError, TypeError):
-      row_id = index
-    return [Row(row_id, None, error=f"example {index}: {error_message(e)}")]
+    raw = example() if callable(example) else example
+    return task.rows(raw if decode is None else decode(raw), index, rng=rng)
+  except DATA_ERRORS as e:
+    row_id = index
+    if raw is not None:
+      try:
+        row_id = task.example_id(raw, index)
+      except DATA_ERRORS:
+        pass
+    where = f"{label} example {index}" if label else f"example {index}"
+    return [Row(row_id, None, error=f"{where}: {error_message(e)}")]
 
 
 def error_message(e: Exception) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from paligemma_jax.data.tasks import TASKS, Row, Task, check_fields, lookup
+from paligemma_jax.data.tasks import TASKS, Row, Task, check_fields, lookup, rows_or_error
 
 IMAGE_DECODERS = ("pil", "tf")
 
@@ -234,31 +234,12 @@ def tfds_rows(source: TfdsSource, task: Task, *, process_index: int = 0,
 
 def _rows(examples: Iterator[dict[str, Any]], task: Task, offset: int, decoder: str
           ) -> Iterator[Row]:
+  decode = functools.partial(with_decoded_images, keys=task.image_fields(), decoder=decoder)
   for i, example in enumerate(examples):
-    index = offset + i
-    example = _to_numpy(example)
-    try:
-      rows = task.rows(with_decoded_images(example, task.image_fields(), decoder), index)
-    except (ValueError, KeyError, TypeError) as e:
-      yield Row(_example_id(task, example, index), None, error=f"example {index}: {_message(e)}")
-      continue
-    yield from rows
+    yield from rows_or_error(task, _to_numpy(example), offset + i, decode=decode)
 
 
 def count_examples(source: TfdsSource, *, process_index: int = 0, process_count: int = 1) -> int:
   """Examples in this process's part of the split (from the dataset's metadata, no reading)."""
   builder = open_builder(source)
   return process_split(builder, source.split, process_index, process_count)[2]
-
-
-def _example_id(task: Task, example: Mapping[str, Any], index: int) -> Any:
-  try:
-    return task.example_id(example, index)
-  except (ValueError, KeyError, TypeError):
-    return index
-
-
-def _message(e: Exception) -> str:
-  if isinstance(e, KeyError):
-    return f"missing field {e.args[0]!r}"
-  return str(e).splitlines()[0] if str(e) else type(e).__name__
