@@ -19,6 +19,7 @@ import pytest
 import compile_cache
 from paligemma_jax import checkpoints
 from paligemma_jax.training import config as config_lib
+from paligemma_jax.training import metrics
 from paligemma_jax.training import trainer
 from paligemma_jax.training.demo_data import ensure_demo_data
 
@@ -142,7 +143,16 @@ def uninterrupted(shapes, tmp_path_factory):
   return workdir, last, calls
 
 
-def test_run_writes_metrics_params_and_checkpoints(uninterrupted):
+def _tensorboard(workdir) -> dict[str, list[tuple[int, float]]]:
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+          for tag in events.Tags()["tensors"]}
+
+
+def test_run_writes_metrics_params_and_checkpoints(uninterrupted, shapes):
   workdir, last, calls = uninterrupted
   records = _records(workdir)
   train = [r for r in records if "train_loss" in r]
@@ -152,6 +162,18 @@ def test_run_writes_metrics_params_and_checkpoints(uninterrupted):
     assert np.isfinite(train[-1][key]), key
   assert train[-1]["input/drawn/train.jsonl"] == 48.0
   assert train[-1]["train_loss"] < train[0]["train_loss"]
+  assert [r["nonfinite_steps"] for r in train] == [0, 0, 0, 0]
+  # A CPU's peak is unknown: the achieved model TFLOP/s is logged, the MFU is not.
+  flops = metrics.train_flops_per_example(config_lib.model_config(
+      config_lib.parse_train_config(tiny_config(shapes)), 2049, 2048), 20)
+  assert "mfu" not in train[-1]
+  assert train[-1]["tflops_per_s_per_device"] == pytest.approx(
+      flops * train[-1]["examples_per_s"] / jax.device_count() / 1e12)
+  # TensorBoard holds the same records (train and eval) at the same steps.
+  assert _tensorboard(workdir)["train_loss"] == [(r["step"], pytest.approx(r["train_loss"]))
+                                                 for r in train]
+  assert _tensorboard(workdir)["eval/fake"] == [(4, 4.0), (6, 6.0)]
+  assert (workdir / "loss.png").stat().st_size > 0
   # The eval hook ran every eval_every steps and at the end, its results under the same step.
   assert [c[0] for c in calls] == [4, 6] and all(isinstance(c[1][0], str) for c in calls)
   assert [(r["step"], r["eval/fake"]) for r in records if "eval/fake" in r] == [(4, 4.0),
@@ -172,6 +194,8 @@ def test_interrupted_runs_resume_bit_for_bit(shapes, uninterrupted, tmp_path):
     np.testing.assert_array_equal(a, b)
   train = [r["step"] for r in _records(workdir) if "train_loss" in r]
   assert train == [1, 2, 3, 4, 5, 6]  # each call logs its first and last step
+  # The event files are appended to: step 3 was written by the first and the third call.
+  assert [s for s, _ in _tensorboard(workdir)["train_loss"]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_kill_9_mid_run_then_rerun_matches(shapes, uninterrupted, tmp_path, compilation_cache):
@@ -212,6 +236,18 @@ def test_non_finite_stop_raises_and_saves_nothing_past_it(shapes, tmp_path):
   assert not (tmp_path / "stop" / "params").exists()
 
 
+def test_non_finite_stop_between_fetches_names_the_first_step(shapes, tmp_path):
+  """Metrics reach the host at log / checkpoint steps only: step 2's non-finite loss is found at
+  step 3 (the first of those), before that step's checkpoint is written."""
+  with pytest.raises(trainer.NonFiniteError,
+                     match=r"^step 2: non-finite loss .* \(2 non-finite steps up to step 3, all "
+                           r"dropped\) and the run stopped"):
+    trainer.train(_exploding(shapes, checkpoint_every=3, log_every=3), str(tmp_path / "stop"))
+  assert not os.path.exists(tmp_path / "stop" / "checkpoints") or not os.listdir(
+      tmp_path / "stop" / "checkpoints")
+  assert [r["step"] for r in _records(tmp_path / "stop")] == [1]
+
+
 def test_non_finite_skip_drops_updates_and_finishes(shapes, tmp_path):
   trainer.train(_exploding(shapes, on_nonfinite="skip", log_every=1), str(tmp_path / "skip"))
   records = [r for r in _records(tmp_path / "skip") if "train_loss" in r]
@@ -220,6 +256,10 @@ def test_non_finite_skip_drops_updates_and_finishes(shapes, tmp_path):
   assert np.isfinite(records[1]["l2_params"]) and records[1]["l2_params"] > 1e15
   assert records[1]["l2_params"] == records[2]["l2_params"] == records[3]["l2_params"]
   assert all(np.isfinite(x).all() for x in _params(tmp_path / "skip"))
+  # Logged at steps 1 and 4 only, the count since the last log says how many were dropped.
+  trainer.train(_exploding(shapes, on_nonfinite="skip", log_every=4), str(tmp_path / "skip4"))
+  assert [(r["step"], r["nonfinite_steps"]) for r in _records(tmp_path / "skip4")] == [(1, 0),
+                                                                                       (4, 3)]
 
 
 def test_demo_scoring_matches_boxes_by_iou_and_texts_exactly():

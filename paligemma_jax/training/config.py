@@ -18,7 +18,7 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
     total_steps | epochs: exactly one > 0
     mesh: {data, fsdp, model}   (-1 = the devices left over)
     micro_batches, label_smoothing, log_every, checkpoint_every, eval_every, keep_checkpoints,
-    seed, on_nonfinite ("skip" | "stop")
+    seed, on_nonfinite ("skip" | "stop"), peak_tflops_per_device (for the MFU; 0 = by device)
     evals: {name: {evaluator, data, decoding, ...}}  (evaluation.parse_evals; run every
         eval_every steps and at the end)
 
@@ -98,6 +98,9 @@ class TrainConfig:
   micro_batches: int = 1
   label_smoothing: float = 0.0
   log_every: int = 10
+  # Dense bf16 peak TFLOP/s of one device, for the logged MFU; 0 = the table of known devices
+  # (training/metrics.py PEAK_TFLOPS); devices it does not know (CPUs) log no MFU.
+  peak_tflops_per_device: float = 0.0
   checkpoint_every: int = 1000
   eval_every: int = 0
   keep_checkpoints: int = 3

@@ -4,9 +4,10 @@ Workdir layout:
     model_config.json   the PaliGemmaConfig being trained (written once; resume reads it)
     checkpoints/<step>/ TrainCheckpointer: state (step, params, opt_state, rng) + the input's state
     metrics.jsonl       one JSON object per logged step (process 0), eval results under their step
+    tensorboard/        the same records as TensorBoard scalars (`tensorboard --logdir WORKDIR`)
     eval/step_<N>/      the evals' predictions and metrics (config.evals)
     params/             the final params checkpoint (infer.py / convert_checkpoint.py take it)
-    loss.png            the training loss curve (when matplotlib is installed)
+    loss.png            the training loss curve
 
 A run started on a workdir that holds a finished checkpoint continues from the latest one with its
 optimizer state, RNG and data position, so an interrupted run (even kill -9) rerun with the same
@@ -24,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from paligemma_jax import checkpoints, sharding
 from paligemma_jax.api import make_processor
@@ -37,6 +39,8 @@ from paligemma_jax.evaluation.run_evals import periodic_evaluator
 from paligemma_jax.models import PaliGemmaConfig
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import state as state_lib
+from paligemma_jax.training.metrics import (MetricsWriter, peak_flops_per_device, throughput,
+                                            train_flops_per_example)
 from paligemma_jax.training.optimizer import (frozen_mask, learning_rate, make_optimizer,
                                               optimizer_step)
 from paligemma_jax.training.predictor import Predictor
@@ -91,24 +95,6 @@ def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: st
   return model, params
 
 
-class MetricsWriter:
-  """metrics.jsonl of process 0; on resume, records past the restored step are dropped."""
-
-  def __init__(self, path: str, resume_step: int):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-    if self.enabled and os.path.exists(path):
-      with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-      with open(path, "w") as f:
-        f.writelines(kept)
-
-  def write(self, record: dict[str, Any]) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _loss_start(batch: dict[str, np.ndarray], image_token_id: int, num_image_tokens: int) -> int:
   """The leading image placeholders every row has (the step drops them before the LM head).
 
@@ -129,12 +115,9 @@ def _check_layout(batch: dict[str, np.ndarray], start: int, image_token_id: int)
 
 
 def _plot_loss(workdir: str) -> None:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    return
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   rows = [r for r in rows if "train_loss" in r]
@@ -232,63 +215,119 @@ class _Loop:
     _check_layout(batch, self.loss_start, self.model.image_token_id)
     return global_batch(batch, self.mesh)
 
-  def _checked(self, step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+  def _fetch(self, step: int, fetched: int, metrics: dict[str, jax.Array], tally: "_Tally"
+             ) -> tuple[dict[str, float], float, int]:
+    """(this step's metrics, tokens and non-finite steps since step `fetched`) on the host; stops
+    the run (on_nonfinite="stop") or warns if any of those steps was non-finite."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not values["finite"]:
-      message = (f"step {step}: non-finite loss {values['train_loss']} or gradient norm "
-                 f"{values['l2_grads']}; the update was dropped")
+    sums = tally.fetch()
+    bad = int(sums["nonfinite"])
+    if bad:
+      message = (f"step {fetched + int(sums['first'])}: non-finite loss {sums['first_loss']} or "
+                 f"gradient norm {sums['first_l2_grads']}; the update was dropped")
+      if bad > 1:
+        message += f" ({bad} non-finite steps up to step {step}, all dropped)"
       if self.cfg.on_nonfinite == "stop":
         raise NonFiniteError(message + " and the run stopped (config.on_nonfinite='skip' "
                              "skips such steps)")
       logging.warning(message)
-    return values
+    return values, float(sums["tokens"]), bad
 
   def run(self, state, start: int, end: int):
-    show = jax.process_index() == 0
+    """Metrics reach the host only at log and checkpoint steps (a device-side tally counts the
+    non-finite steps in between, so none of them precedes a checkpoint with "stop"); the host
+    waits for step k - 1 after dispatching step k, so at most one step is queued ahead."""
     bar = None
-    if show:
-      from tqdm import tqdm
+    if jax.process_index() == 0:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       bar = tqdm(total=self.total, initial=start, desc="train", dynamic_ncols=True)
-    pending = None  # the previous step's metrics, fetched while the next step runs
+    flops = train_flops_per_example(self.model, self.cfg.input.text_len, self.cfg.input.num_images)
+    peak = peak_flops_per_device(jax.devices()[0].device_kind, self.cfg.peak_tflops_per_device)
+    tally = _Tally(self.mesh)
     last: dict[str, float] = {}
-    mark, mark_step, tokens = time.perf_counter(), start, 0.0
-    for step in range(start + 1, end + 1):
-      batch = self._next_batch()  # the first one also builds the step function
-      state, metrics = self.step_fn(state, batch)
-      if pending is not None:
-        tokens += self._handle(*pending, bar)
-      pending = (step, metrics)
-      save = step == end or (self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0)
-      log = step % self.cfg.log_every == 0 or step in (start + 1, end)
-      if save or log:
-        tokens += self._handle(*pending, bar)
-        values, pending = self._values, None
+    mark, mark_step, fetched = time.perf_counter(), start, start
+    paused, tokens, nonfinite = 0.0, 0.0, 0  # since the last log: eval seconds, sums
+    try:
+      for step in range(start + 1, end + 1):
+        batch = self._next_batch()  # the first one also builds the step function
+        state, metrics = self.step_fn(state, batch)
+        jax.block_until_ready(tally.add(metrics))  # the previous step's: bounds the run-ahead
+        if bar is not None:
+          bar.update(1)
+        save = step == end or (self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0)
+        log = step % self.cfg.log_every == 0 or step in (start + 1, end)
+        if save or log:
+          values, new_tokens, new_bad = self._fetch(step, fetched, metrics, tally)
+          fetched, tokens, nonfinite = step, tokens + new_tokens, nonfinite + new_bad
         if log:
           now = time.perf_counter()
-          took = max(now - mark, 1e-9)
+          took = max(now - mark - paused, 1e-9)
           rate = (step - mark_step) * self.cfg.input.batch_size / took
-          last = {"step": step, **values, "examples_per_s": rate,
+          last = {"step": step, **values, "nonfinite_steps": nonfinite, "examples_per_s": rate,
                   "tokens_per_s": tokens / took, "step_time": took / (step - mark_step),
-                  **self.host.stats()}
+                  **throughput(flops, rate, jax.device_count(), peak), **self.host.stats()}
           self.writer.write(last)
-          mark, mark_step, tokens = now, step, 0.0
+          mark, mark_step, paused, tokens, nonfinite = now, step, 0.0, 0.0, 0
           if bar is not None:
-            bar.set_postfix(loss=f"{values['train_loss']:.4f}", lr=f"{values['lr']:.2e}",
-                            ex_s=f"{rate:.1f}")
+            bar.set_postfix(_postfix(last))
         if save:
           self.ckpt.save(step, state, {"input": self.host.get_state()})
-      if self.evaluate and (step == end == self.total or (
-          self.cfg.eval_every and step % self.cfg.eval_every == 0)):
-        results = self.evaluate(Predictor(self.model, state.params, self.processor, step))
-        record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
-        self.writer.write(record)
-        last.update(record)
-    if bar is not None:
-      bar.close()
+        if self.evaluate and (step == end == self.total or (
+            self.cfg.eval_every and step % self.cfg.eval_every == 0)):
+          began = time.perf_counter()
+          results = self.evaluate(Predictor(self.model, state.params, self.processor, step))
+          paused += time.perf_counter() - began  # not training time: kept out of the rates
+          record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
+          self.writer.write(record)
+          last.update(record)
+    finally:
+      if bar is not None:
+        bar.close()
+      self.writer.close()
     return state, last
 
-  def _handle(self, step: int, metrics: dict[str, jax.Array], bar) -> float:
-    self._values = self._checked(step, metrics)
-    if bar is not None:
-      bar.update(1)
-    return self._values["tokens"]
+
+def _postfix(record: dict[str, float]) -> dict[str, str]:
+  out = {"loss": f"{record['train_loss']:.4f}", "lr": f"{record['lr']:.2e}",
+         "ex_s": f"{record['examples_per_s']:.1f}"}
+  if "mfu" in record:
+    out["mfu"] = f"{record['mfu']:.1%}"
+  else:
+    out["tflops"] = f"{record['tflops_per_s_per_device']:.3g}"
+  return out
+
+
+def _add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  steps = sums["steps"] + 1
+  bad = metrics["finite"] == 0
+  first = bad & (sums["nonfinite"] == 0)
+  pick = lambda new, old: jnp.where(first, new, old)
+  return {"steps": steps, "tokens": sums["tokens"] + metrics["tokens"],
+          "nonfinite": sums["nonfinite"] + bad.astype(jnp.int32), "first": pick(steps, sums["first"]),
+          "first_loss": pick(metrics["train_loss"], sums["first_loss"]),
+          "first_l2_grads": pick(metrics["l2_grads"], sums["first_l2_grads"])}
+
+
+class _Tally:
+  """Device-side sums over the steps since the last fetch: their number and tokens, how many were
+  non-finite, and the first of those (its index from 1, loss and gradient norm)."""
+
+  def __init__(self, mesh: Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    self._zeros = jax.jit(lambda: {"steps": jnp.int32(0), "tokens": jnp.float32(0),
+                                   "nonfinite": jnp.int32(0), "first": jnp.int32(0),
+                                   "first_loss": jnp.float32(0), "first_l2_grads": jnp.float32(0)},
+                          out_shardings=replicated)
+    self._add = jax.jit(_add_step, out_shardings=replicated)
+    self.sums = self._zeros()
+
+  def add(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Adds a step's metrics; returns the sums before it (to wait on)."""
+    previous, self.sums = self.sums, self._add(self.sums, metrics)
+    return previous
+
+  def fetch(self) -> dict[str, Any]:
+    """The sums on the host; the tally starts again from zero."""
+    sums = jax.device_get(self.sums)
+    self.sums = self._zeros()
+    return sums
