@@ -128,12 +128,12 @@ def test_caption_and_vqa_end_to_end(data, model, factory, tmp_path):
 def test_predictions_are_the_model_greedy_decoding(data, model, factory):
   """A predict function's texts equal `generate` (and `beam_generate`) decoded, and over 8
   devices equal one."""
-  from paligemma_jax.data.eval_input import eval_batches, eval_rows
+  from paligemma_jax.data.eval_input import eval_batch, eval_rows
   from paligemma_jax.inference import generate
   config, params, processor = model
   [spec] = parse_evals([caption_eval(data)])
   rows = list(eval_rows(spec.data))[:3]
-  [batch] = eval_batches(rows, processor, 3, spec.text_len)
+  batch = eval_batch(rows, processor, 3, spec.text_len)
   ids = generate(config, params, batch, 4, processor.tokenizer.eos_id)
   want = [processor.tokenizer.decode(row) for row in ids]
   assert factory(spec.decoding)(batch) == want

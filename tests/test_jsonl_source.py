@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 from input_fixtures import GREEN, PipeCaps, build, example_of, png, write_jsonl
-from paligemma_jax.data.eval_input import eval_batches, eval_rows
+from paligemma_jax.data.eval_input import eval_batch, eval_rows, row_groups
 from paligemma_jax.data.input_config import InputConfig, MemberConfig
 from paligemma_jax.data.input_pipeline import DataLimitError, TrainInput
 from paligemma_jax.data.processor import Processor
@@ -121,9 +121,14 @@ def test_eval_rows_keep_every_reference_and_report_bad_rows(tmp_path, processor)
   halves = [[r.id for r in eval_rows(MemberConfig(jsonl=str(path)), process_index=p,
                                      process_count=2)] for p in range(2)]
   assert sorted(halves[0] + halves[1]) == list(range(GOOD + 1))
-  batches = list(eval_batches(every, processor, batch_size=4, text_len=TEXT_LEN))
+  groups = list(row_groups(every, batch_size=4))
+  assert [([r.id for r in g], [r.error for r in bad]) for g, bad in groups] == [
+      ([0, 1, 2, 3], []), ([4, 5, 6, 7], []), ([8, 9], [every[-1].error])]
+  # The bad row after the last full group is a group of bad rows only: still handed over.
+  assert [(len(g), [r.error for r in bad]) for g, bad in row_groups(every, batch_size=5)] == [
+      (5, []), (5, []), (0, [every[-1].error])]
+  batches = [eval_batch(g, processor, 4, TEXT_LEN) for g, _ in groups]
   assert [b["valid"].sum() for b in batches] == [4, 4, 2]
-  assert batches[2]["errors"] == [every[-1].error]
   assert batches[0]["references"][3] == ["one answer", "another"]
   want = processor([decoded(0)], ["caption en"], max_length=4 + TEXT_LEN)
   np.testing.assert_array_equal(batches[0]["tokens"][0], want["tokens"][0])

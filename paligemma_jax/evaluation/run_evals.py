@@ -32,13 +32,13 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tqdm
 
-from paligemma_jax.data.eval_input import eval_batches, eval_rows
+from paligemma_jax.data.eval_input import eval_batch, eval_rows, row_groups
 from paligemma_jax.data.input_pipeline import open_member
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tasks import Row
@@ -165,32 +165,14 @@ def predict_share(spec: EvalSpec, evaluator: Evaluator, predict_fn_factory: Pred
   local: list[dict[str, Any]] = []
   errors: list[dict[str, Any]] = []
   with tqdm.tqdm(desc=spec.name, unit="ex", total=total, disable=not show) as bar:
-    for group in row_groups(rows, spec, evaluator, errors):
-      local += _predict_group(spec, evaluator, predict, processor, group)
+    for group, bad in row_groups(rows, spec.batch_size, num_images=spec.num_images):
+      errors += [{"id": r.id, "error": r.error} for r in bad]
+      for row in group:  # an unscorable row stops the eval before its group is predicted
+        _check_row(spec, evaluator, row)
+      if group:
+        local += _predict_group(spec, evaluator, predict, processor, group)
       bar.update(len(local) + len(errors) - bar.n)  # skipped rows count toward the total
   return local, errors
-
-
-def row_groups(rows: Iterable[Row], spec: EvalSpec, evaluator: Evaluator,
-               errors: list[dict[str, Any]]) -> Iterator[list[Row]]:
-  """Valid rows in groups of `spec.batch_size`; unreadable rows go to `errors` ({id, error}).
-
-  A readable row the evaluator cannot score (no references, a missing field) stops the eval
-  with a one-line error, before any more decoding.
-  """
-  group: list[Row] = []
-  for row in rows:
-    if row.error or len(row.images) != spec.num_images:
-      errors.append({"id": row.id, "error": row.error or
-                     f"{len(row.images)} images, expected {spec.num_images}"})
-      continue
-    _check_row(spec, evaluator, row)
-    group.append(row)
-    if len(group) == spec.batch_size:
-      yield group
-      group = []
-  if group:
-    yield group
 
 
 def _check_row(spec: EvalSpec, evaluator: Evaluator, row: Row) -> None:
@@ -208,8 +190,8 @@ def _predict_group(spec: EvalSpec, evaluator: Evaluator, predict: Callable, proc
                    group: list[Row]) -> list[dict[str, Any]]:
   """Prediction rows of one group (one padded batch)."""
   if spec.generates:
-    [batch] = eval_batches(group, processor, spec.batch_size, spec.text_len,
-                           num_images=spec.num_images)
+    batch = eval_batch(group, processor, spec.batch_size, spec.text_len,
+                       num_images=spec.num_images)
     texts = predict(batch)
     if len(texts) != spec.batch_size:
       raise ValueError(f"eval {spec.name!r}: the predict function returned {len(texts)} texts "
