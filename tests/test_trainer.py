@@ -194,7 +194,7 @@ def test_interrupted_runs_resume_bit_for_bit(shapes, uninterrupted, tmp_path):
     np.testing.assert_array_equal(a, b)
   train = [r["step"] for r in _records(workdir) if "train_loss" in r]
   assert train == [1, 2, 3, 4, 5, 6]  # each call logs its first and last step
-  # The event files are appended to: step 3 was written by the first and the third call.
+  # The three calls' records all land in tensorboard/ (its event files are appended to).
   assert [s for s, _ in _tensorboard(workdir)["train_loss"]] == [1, 2, 3, 4, 5, 6]
 
 
