@@ -2,7 +2,7 @@
 
     predict = make_predict_fn(config, params, processor, Decoding("beam", num_beams=2,
                                                                   max_decode_len=32))
-    texts = predict(batch)          # batch: data.eval_input.eval_batches' dict, B rows
+    texts = predict(batch)          # batch: data.eval_input.eval_batch's dict, B rows
 
 A predict function maps a prompt batch (left-padded, B rows, padding rows included) to B
 decoded texts: the generated ids cut at the first eos and detokenised (SentencePiece drops
@@ -10,7 +10,8 @@ control pieces; <loc>/<seg> stay), **not** stripped (evaluators.md §0). A score
 batch with suffixes (`mask_loss`) to (log-likelihood [B], scored tokens [B]) for perplexity.
 
 Both split the batch over the mesh's data x fsdp devices, padding it with copies of its last
-row to a multiple of the device count (as `Pipeline` does), and compile once per batch shape.
+row to a multiple of the device count (`inference.mesh_decode`, which `Pipeline` uses too), and
+compile once per batch shape.
 The trainer builds them over its live params: `predict_fn_factory = lambda decoding:
 make_predict_fn(model_config, state.params, processor, decoding, mesh=mesh)`.
 """
@@ -27,8 +28,9 @@ from paligemma_jax import sharding
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tokenizer import Tokenizer
 from paligemma_jax.evaluation.eval_config import Decoding
-from paligemma_jax.inference.beam import BeamSearch, beam_search
-from paligemma_jax.inference.decode import check_prompt_batch, decode_tokens
+from paligemma_jax.inference.beam import BeamSearch
+from paligemma_jax.inference.decode import check_prompt_batch
+from paligemma_jax.inference.mesh_decode import PROMPT_KEYS, generate_on_mesh, shard_rows
 from paligemma_jax.inference.score import score_tokens
 from paligemma_jax.models import PaliGemmaConfig
 
@@ -36,25 +38,10 @@ PredictFn = Callable[[Mapping[str, Any]], list[str]]
 ScoreFn = Callable[[Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
 PredictFnFactory = Callable[[Decoding], "PredictFn | ScoreFn"]
 
-_PROMPT_KEYS = ("tokens", "images", "input_mask", "mask_ar")
-
 
 def decode_texts(tokenizer: Tokenizer, ids_BxN: np.ndarray) -> list[str]:
   """Each row's text: ids up to the first eos, detokenised (pad / bos / <image> dropped)."""
   return [tokenizer.decode(row) for row in np.asarray(ids_BxN)]
-
-
-def pad_to_devices(batch: Mapping[str, Any], keys: tuple[str, ...], split: int
-                   ) -> tuple[dict[str, np.ndarray], int]:
-  """The arrays under `keys`, padded with copies of the last row to a multiple of `split`;
-  and the original row count."""
-  n = len(batch["tokens"])
-  extra = -n % split
-  out = {}
-  for key in keys:
-    value = np.asarray(batch[key])
-    out[key] = np.concatenate([value, np.repeat(value[-1:], extra, 0)]) if extra else value
-  return out, n
 
 
 def make_predict_fn(config: PaliGemmaConfig, params: Any, processor: Processor,
@@ -73,37 +60,25 @@ def make_predict_fn(config: PaliGemmaConfig, params: Any, processor: Processor,
   mesh = mesh or sharding.make_mesh()
   params = jax.device_put(params, sharding.param_shardings(config, mesh))
   tokenizer = processor.tokenizer
-  split = mesh.shape["data"] * mesh.shape["fsdp"]
   if decoding.sampler not in ("greedy", "beam", "score") or decoding.max_decode_len < 1:
     raise ValueError(f"make_predict_fn needs a resolved decoding (greedy, beam or score, "
                      f"max_decode_len >= 1), got {decoding}")
-
-  def on_mesh(batch: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, int]:
-    arrays, n = pad_to_devices(batch, keys, split)
-    return sharding.shard_batch(arrays, mesh), n
+  beam = (BeamSearch(num_beams=decoding.num_beams, length_penalty=decoding.length_penalty)
+          if decoding.sampler == "beam" else None)
 
   def predict(batch: Mapping[str, Any]) -> list[str]:
     check_prompt_batch(batch, decoding.max_decode_len)
-    with sharding.activate(mesh):
-      arrays, n = on_mesh(batch, _PROMPT_KEYS)
-      args = (params,) + tuple(arrays[k] for k in _PROMPT_KEYS)
-      if decoding.sampler == "beam":
-        beam = BeamSearch(num_beams=decoding.num_beams, length_penalty=decoding.length_penalty)
-        out = beam_search(*args, config=config, max_new_tokens=decoding.max_decode_len,
-                          eos_id=tokenizer.eos_id, beam=beam)
-        ids = np.asarray(out.tokens[:, 0])
-      else:
-        out = decode_tokens(*args, None, config=config, max_new_tokens=decoding.max_decode_len,
-                            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        ids = np.asarray(out.tokens)
-    return decode_texts(tokenizer, ids[:n])
+    ids, _ = generate_on_mesh(params, batch, mesh, config=config,
+                              max_new_tokens=decoding.max_decode_len, eos_id=tokenizer.eos_id,
+                              pad_id=tokenizer.pad_id, beam=beam)
+    return decode_texts(tokenizer, ids)
 
   def score(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if "mask_loss" not in batch:
       raise ValueError("a score function needs a batch with suffixes (mask_loss)")
     with sharding.activate(mesh):
-      arrays, n = on_mesh(batch, _PROMPT_KEYS + ("mask_loss",))
-      out = score_tokens(params, *(arrays[k] for k in _PROMPT_KEYS), arrays["tokens"],
+      arrays, n = shard_rows(batch, PROMPT_KEYS + ("mask_loss",), mesh)
+      out = score_tokens(params, *(arrays[k] for k in PROMPT_KEYS), arrays["tokens"],
                          arrays["mask_loss"], config=config)
       return np.asarray(out.total)[:n], np.asarray(out.count)[:n]
 

@@ -22,8 +22,9 @@ import numpy as np
 from paligemma_jax import checkpoints, sharding
 from paligemma_jax.conversion.vqvae import load_vqvae_npz
 from paligemma_jax.data import Processor, Tokenizer
-from paligemma_jax.inference.beam import BeamSearch, beam_search
-from paligemma_jax.inference.decode import as_key, decode_tokens
+from paligemma_jax.inference.beam import BeamSearch
+from paligemma_jax.inference.decode import as_key
+from paligemma_jax.inference.mesh_decode import generate_on_mesh
 from paligemma_jax.inference.parsers import (DetectedObject, clean_generated_text, mask_decoder,
                                              parse_detections, parse_segmentations)
 from paligemma_jax.inference.sampling import GREEDY, Sampler
@@ -125,23 +126,10 @@ class Pipeline:
 
   def _generate(self, images, prompts, max_new_tokens, sampler, beam, seed):
     batch = self.processor(list(images), list(prompts))
-    n = len(prompts)
-    split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    batch = _pad_rows({k: batch[k] for k in ("tokens", "images", "input_mask", "mask_ar")},
-                      -n % split)
-    with sharding.activate(self.mesh):
-      batch = sharding.shard_batch(batch, self.mesh)
-      args = (self.params, batch["tokens"], batch["images"], batch["input_mask"],
-              batch["mask_ar"])
-      if beam is not None:
-        out = beam_search(*args, config=self.config, max_new_tokens=max_new_tokens,
-                          eos_id=self.tokenizer.eos_id, beam=beam)
-        return np.asarray(out.tokens[:n, 0]), np.asarray(out.scores[:n, 0])
-      rng = None if sampler.kind == "greedy" else as_key(seed)
-      out = decode_tokens(*args, rng, config=self.config, max_new_tokens=max_new_tokens,
-                          eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                          sampler=sampler)
-      return np.asarray(out.tokens[:n]), np.asarray(out.logprobs[:n]).sum(-1)
+    rng = None if beam is not None or sampler.kind == "greedy" else as_key(seed)
+    return generate_on_mesh(self.params, batch, self.mesh, config=self.config,
+                            max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
+                            pad_id=self.tokenizer.pad_id, sampler=sampler, rng=rng, beam=beam)
 
   def _result(self, prompt: str, image: Any, row: np.ndarray, logprob: float) -> Result:
     ids = [int(t) for t in row]
@@ -156,10 +144,3 @@ class Pipeline:
     elif task == "segment":
       objects = parse_segmentations(text, image_hw(first), self.decode_fn)
     return Result(prompt, text, ids, float(logprob), objects)
-
-
-def _pad_rows(batch: dict[str, np.ndarray], extra: int) -> dict[str, np.ndarray]:
-  """Appends `extra` copies of the last row, so the batch splits evenly over the devices."""
-  if not extra:
-    return batch
-  return {k: np.concatenate([v, np.repeat(np.asarray(v)[-1:], extra, 0)]) for k, v in batch.items()}
