@@ -61,3 +61,26 @@ def test_quick_demo_runs_every_stage(tmp_path):
   with PIL.Image.open(overlay) as image:
     assert image.format == "PNG" and image.size == (256, 256)
   assert "done in" in out
+
+
+def test_demo_scorer_reads_boxes_as_the_box_evaluator_does():
+  """The demo's `detect` scoring is the project's parser + box_accuracy.box_iou >= 0.5 on the
+  first object: a hit exactly where the evaluator's IoU says so."""
+  from paligemma_jax.evaluation.box_accuracy import box_iou
+  from paligemma_jax.inference.parsers import box_from_bins
+  from paligemma_jax.training.demo_data import correct
+  target_loc = (20, 72, 389, 440)
+  target = "".join(f"<loc{b:04d}>" for b in target_loc) + " red circle"
+  hits = set()
+  for shift in range(0, 400, 20):
+    loc = tuple(b + shift for b in target_loc)
+    prediction = "".join(f"<loc{b:04d}>" for b in loc) + " red circle"
+    want = box_iou(box_from_bins(loc), box_from_bins(target_loc)) >= 0.5
+    assert correct("detect red circle", prediction, target) == want, shift
+    hits.add(want)
+  assert hits == {True, False}
+  second = "<loc0500><loc0500><loc0900><loc0900> blue square"
+  assert correct("detect red circle", target + " ; " + second, target)  # the first object
+  assert not correct("detect red circle", second + " ; " + target, target)
+  assert not correct("detect red circle", "<loc0389><loc0072><loc0020><loc0440> red circle",
+                     target)  # ymax above ymin: no object

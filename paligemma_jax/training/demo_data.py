@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -106,26 +105,17 @@ def ensure_demo_data(out: str | pathlib.Path, num_train: int = 1000, num_test: i
   return {k: str(v) for k, v in paths.items()}
 
 
-def _box(text: str) -> tuple[list[float] | None, str]:
-  """(normalised box of the first four <loc> tokens or None, the text after them)."""
-  found = re.findall(r"<loc(\d{4})>", text)
-  rest = re.sub(r"<loc\d{4}>", "", text).strip()
-  return ([int(v) / 1023 for v in found[:4]] if len(found) >= 4 else None), rest
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-  inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0])) *
-           max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
-  area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
-  return inter / max(area(a) + area(b) - inter, 1e-9)
-
-
 def correct(prefix: str, prediction: str, target: str) -> bool:
-  """Exact match, or for `detect` rows IoU >= 0.5 and the same name."""
+  """Exact match, or for `detect` rows: the first object's label equal to the target's and its
+  box at IoU >= 0.5 (the project's parser and the box evaluator's IoU)."""
   if not prefix.startswith("detect"):
     return prediction.strip() == target
-  (got, name), (want, want_name) = _box(prediction), _box(target)
-  return got is not None and _iou(got, want) >= 0.5 and name == want_name
+  # Imported here: generating the data needs neither jax nor the evaluators.
+  from paligemma_jax.evaluation.box_accuracy import box_iou
+  from paligemma_jax.inference.parsers import box_from_bins, parse_objects
+  got, want = parse_objects(prediction), parse_objects(target)
+  return bool(got) and got[0].label == want[0].label and box_iou(
+      box_from_bins(got[0].loc), box_from_bins(want[0].loc)) >= 0.5
 
 
 def evaluator(test_jsonl: str | pathlib.Path, batch_size: int = 32) -> Callable[[Any], dict]:
