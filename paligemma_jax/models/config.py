@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import jax.numpy as jnp
@@ -16,6 +17,9 @@ import jax.numpy as jnp
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 QUANTIZATION_KINDS = ("int8", "int4")
+# The Gemma decoder's attention and MLP matrices: peft's usual PaliGemma targets.
+LORA_DECODER = r"llm/layers/(attn/(q|k|v|out)|mlp/(gate|up|down))/w"
+LORA_VISION = r"vision/layers/(attn/(q|k|v|out)|mlp/(fc1|fc2))/w"
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -120,6 +124,47 @@ class QuantizationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters on matmul weights (see `models/lora.py`): y = x W + (alpha / rank) x A B.
+
+  targets: regexes fully matching "/"-joined weight paths ("llm/layers/attn/q/w"); by default
+    the decoder's attention and MLP (`LORA_DECODER`; add `LORA_VISION` for the SigLIP tower).
+  dropout: on the adapters' input, during training only (a "dropout" rng is given).
+  base: the checkpoint the adapters were trained on (an adapters checkpoint loads it).
+  """
+
+  rank: int = 8
+  alpha: float = 8.0
+  dropout: float = 0.0
+  targets: tuple[str, ...] = (LORA_DECODER,)
+  base: str = ""
+
+  def __post_init__(self):
+    object.__setattr__(self, "targets", tuple(self.targets))
+    if self.rank < 1:
+      raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+    if not self.alpha > 0:
+      raise ValueError(f"lora alpha must be > 0, got {self.alpha}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+    if not self.targets:
+      raise ValueError("lora targets is empty; give regexes of weight paths, e.g. "
+                       f"{LORA_DECODER!r}")
+    for pattern in self.targets:
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ValueError(f"lora target {pattern!r} is not a regular expression ({e})") from None
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def targets_path(self, path: str) -> bool:
+    return any(re.fullmatch(p, path) for p in self.targets)
+
+
+@dataclasses.dataclass(frozen=True)
 class PaliGemmaConfig:
   """PaliGemma = SigLIP + linear projector + Gemma, plus runtime numerics.
 
@@ -128,6 +173,8 @@ class PaliGemmaConfig:
   position_offset: first position id (1 matches HF's bf16 rounding; 0 is big_vision's).
   quantization: None, or how the params' matmul weights are stored (`QuantizationConfig`); the
     modules read it from the params, the config records it for checkpoints and shardings.
+  lora: None, or the low-rank adapters the params carry (`LoraConfig`): init creates them on
+    the weights it targets, and every forward adds them.
   """
 
   vision: SigLIPConfig = SigLIPConfig()
@@ -138,6 +185,7 @@ class PaliGemmaConfig:
   remat: str = "none"
   position_offset: int = 1
   quantization: QuantizationConfig | None = None
+  lora: LoraConfig | None = None
 
   def __post_init__(self):
     _check_choice("dtype", self.dtype, DTYPES)
@@ -177,7 +225,9 @@ class PaliGemmaConfig:
     text = GemmaConfig(**d.pop("text", {}))
     quant = d.pop("quantization", None)
     quant = None if quant is None else QuantizationConfig(**quant)
-    return cls(vision=vision, text=text, quantization=quant, **d)
+    lora = d.pop("lora", None)
+    lora = None if lora is None else LoraConfig(**lora)
+    return cls(vision=vision, text=text, quantization=quant, lora=lora, **d)
 
 
 def _replace_checked(obj: Any, changes: dict[str, Any]) -> Any:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from paligemma_jax.models.attention import dot_product_attention
-from paligemma_jax.models.config import GemmaConfig, embed_scale
+from paligemma_jax.models.config import GemmaConfig, LoraConfig, embed_scale
 from paligemma_jax.models.kv_cache import KVCache
 from paligemma_jax.models.layers import (Einsum, RMSNorm, apply_rope, einsum_f32, scan_layers,
                                          take_rows)
@@ -45,6 +45,7 @@ class GemmaAttention(nn.Module):
   config: GemmaConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxS: jax.Array,
@@ -53,11 +54,11 @@ class GemmaAttention(nn.Module):
     cfg, dt, pdt = self.config, self.dtype, self.param_dtype
     d, n, k, h = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BxTxNxH = Einsum((d, n, h), ("embed", "q_heads", "head_dim"), 1, False, dt, pdt,
-                       name="q")("BTD,DNH->BTNH", x_BxTxD)
+                       self.lora, name="q")("BTD,DNH->BTNH", x_BxTxD)
     k_BxTxKxH = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), 1, False, dt, pdt,
-                       name="k")("BTD,DKH->BTKH", x_BxTxD)
+                       self.lora, name="k")("BTD,DKH->BTKH", x_BxTxD)
     v_BxTxKxH = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), 1, False, dt, pdt,
-                       name="v")("BTD,DKH->BTKH", x_BxTxD)
+                       self.lora, name="v")("BTD,DKH->BTKH", x_BxTxD)
     q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
     k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
 
@@ -74,7 +75,7 @@ class GemmaAttention(nn.Module):
     y = dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS,
                               scale=cfg.attn_scale, softcap=cfg.attn_logit_softcap)
     y = Einsum((n, h, d), ("q_heads", "head_dim", "embed"), 2, False, dt, pdt,
-               name="out")("BTNH,NHD->BTD", y)
+               self.lora, name="out")("BTNH,NHD->BTD", y)
     return y, kv
 
 
@@ -84,15 +85,17 @@ class GemmaMLP(nn.Module):
   config: GemmaConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     d, f, dt, pdt = self.config.width, self.config.mlp_dim, self.dtype, self.param_dtype
-    gate = Einsum((d, f), ("embed", "mlp"), 1, False, dt, pdt, name="gate")("BTD,DF->BTF", x_BxTxD)
-    up = Einsum((d, f), ("embed", "mlp"), 1, False, dt, pdt, name="up")("BTD,DF->BTF", x_BxTxD)
+    proj = lambda shape, axes, name: Einsum(shape, axes, 1, False, dt, pdt, self.lora, name=name)
+    gate = proj((d, f), ("embed", "mlp"), "gate")("BTD,DF->BTF", x_BxTxD)
+    up = proj((d, f), ("embed", "mlp"), "up")("BTD,DF->BTF", x_BxTxD)
     hidden = (nn.gelu(gate.astype(jnp.float32), approximate=True) * up.astype(jnp.float32))
     hidden = nn.with_logical_constraint(hidden.astype(dt), ("activation_batch", None, "mlp"))
-    return Einsum((f, d), ("mlp", "embed"), 1, False, dt, pdt, name="down")("BTF,FD->BTD", hidden)
+    return proj((f, d), ("mlp", "embed"), "down")("BTF,FD->BTD", hidden)
 
 
 class GemmaBlock(nn.Module):
@@ -101,6 +104,7 @@ class GemmaBlock(nn.Module):
   config: GemmaConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, is_sliding: jax.Array,
@@ -117,13 +121,13 @@ class GemmaBlock(nn.Module):
       mask_BxTxS = jnp.where(is_sliding, sliding_mask_BxTxS, mask_BxTxS)
 
     y = norm("pre_attn_norm")(x_BxTxD)
-    y, kv = GemmaAttention(cfg, dt, pdt, name="attn")(y, positions_BxT, mask_BxTxS, kv,
+    y, kv = GemmaAttention(cfg, dt, pdt, self.lora, name="attn")(y, positions_BxT, mask_BxTxS, kv,
                                                        cache_index)
     if cfg.version == 2:
       y = norm("post_attn_norm")(y)
     x_BxTxD = x_BxTxD + _dropout(y, cfg.dropout, attn_key)
 
-    y = GemmaMLP(cfg, dt, pdt, name="mlp")(norm("pre_mlp_norm")(x_BxTxD))
+    y = GemmaMLP(cfg, dt, pdt, self.lora, name="mlp")(norm("pre_mlp_norm")(x_BxTxD))
     y = _dropout(y, cfg.dropout, mlp_key)
     if cfg.version == 2:
       y = norm("post_mlp_norm")(y)
@@ -139,6 +143,7 @@ class Gemma(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: str = "none"
+  lora: LoraConfig | None = None
 
   def setup(self):
     cfg = self.config
@@ -150,7 +155,7 @@ class Gemma(nn.Module):
     self.layers = scan_layers(
         GemmaBlock, cfg.depth, self.remat,
         in_axes=(0, 0, broadcast, broadcast, broadcast, broadcast, 0),
-        config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora)
     self.final_norm = RMSNorm(cfg.rms_norm_eps, "embed", self.dtype, self.param_dtype)
 
   def embed(self, tokens_BxT: jax.Array) -> jax.Array:
@@ -199,7 +204,7 @@ class Gemma(nn.Module):
     `cpu_matmul.LayerSlice`s, read in place in the stack).
     """
     cfg = self.config
-    block = GemmaBlock(cfg, self.dtype, self.param_dtype, parent=None)  # applied functionally
+    block = GemmaBlock(cfg, self.dtype, self.param_dtype, self.lora, parent=None)  # applied functionally
     if cfg.sliding_window is None:
       sliding_mask_BxTxS = None
     k, v = cache.k, cache.v

@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from paligemma_jax.models import cpu_matmul, cpu_path, quantize
+from paligemma_jax.models import cpu_matmul, cpu_path, lora, quantize
+from paligemma_jax.models.config import LoraConfig
 
 Initializer = Callable[..., jax.Array]
 
@@ -68,7 +69,8 @@ class Einsum(nn.Module):
   The first `n_in` axes of `shape` are contracted with the input (they set the init's fan-in);
   the bias has the shape of the remaining, output axes. Params quantized by
   `quantize.quantize_params` (`w_int8` or `w_int4` and `w_scale` instead of `w`) are dequantized
-  to the compute dtype inside the einsum.
+  to the compute dtype inside the einsum. With `lora`, the LoRA adapters (`lora.py`) the params
+  hold are added (and init creates them where `lora.targets` names this weight).
   """
 
   shape: tuple[int, ...]
@@ -77,6 +79,7 @@ class Einsum(nn.Module):
   use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, spec: str, x: jax.Array) -> jax.Array:
@@ -87,6 +90,9 @@ class Einsum(nn.Module):
       w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
                      self.param_dtype).astype(self.dtype)
     y = einsum_f32(spec, x, w)
+    if self.lora is not None:
+      delta = lora.adapter_delta(self, self.lora, spec, x, self.shape, self.axes, self.n_in)
+      y = y if delta is None else y + delta
     if self.use_bias:
       b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                        self.axes[self.n_in:]),
@@ -161,6 +167,7 @@ def scan_layers(block: type[nn.Module], depth: int, remat: str, in_axes: tuple,
   if remat != "none":
     block = nn.remat(block, policy=remat_policy(remat), prevent_cse=False)
   scanned = nn.scan(
-      block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+      block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      in_axes=in_axes,
       length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
   return scanned(**kwargs)  # `name` goes in kwargs for compact parents; setup names by attribute

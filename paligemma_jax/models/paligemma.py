@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paligemma_jax.models import cpu_matmul
+from paligemma_jax.models import cpu_matmul, lora
 from paligemma_jax.models.config import PaliGemmaConfig
 from paligemma_jax.models.gemma import Gemma
 from paligemma_jax.models.kv_cache import KVCache
@@ -33,10 +33,10 @@ class PaliGemma(nn.Module):
   def setup(self):
     cfg = self.config
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
-    self.vision = SigLIP(cfg.vision, dt, pdt, cfg.remat)
+    self.vision = SigLIP(cfg.vision, dt, pdt, cfg.remat, cfg.lora)
     self.projector = Einsum((cfg.vision.width, cfg.text.width), ("vit_embed", "embed"), 1, True,
-                            dt, pdt)
-    self.llm = Gemma(cfg.text, dt, pdt, cfg.remat)
+                            dt, pdt, cfg.lora)
+    self.llm = Gemma(cfg.text, dt, pdt, cfg.remat, cfg.lora)
 
   def encode_images(self, images_BxIxRxRx3: jax.Array, layers: Sequence[dict] | None = None
                     ) -> jax.Array:
@@ -182,6 +182,18 @@ def init_params(config: PaliGemmaConfig, rng: jax.Array) -> dict:
   """Random parameters {"params": ...} as a plain pytree (logical-axis boxes removed)."""
   inputs = dummy_inputs(config)  # closed over: concrete, so the placeholder check still runs
   return jax.jit(lambda key: nn.unbox(PaliGemma(config).init(key, *inputs)))(rng)
+
+
+def init_adapters(config: PaliGemmaConfig, rng: jax.Array) -> dict:
+  """{"params": the LoRA adapters of `config.lora`} alone (the base weights the same init
+  makes are never returned, so XLA drops them). Fails when the targets match no weight."""
+  if config.lora is None:
+    raise ValueError("config.lora is None: set a LoraConfig to create adapters")
+  adapters = jax.jit(lambda key: lora.split(init_params(config, key))[1])(rng)
+  if not adapters:
+    raise ValueError(f"lora targets {list(config.lora.targets)} match no weight; paths look like "
+                     "llm/layers/attn/q/w, llm/layers/mlp/up/w, vision/layers/mlp/fc1/w")
+  return adapters
 
 
 def param_shapes(config: PaliGemmaConfig) -> dict:

@@ -163,6 +163,26 @@ def quantize_params(params: dict, quant: QuantizationConfig) -> dict:
   return _map_targets(params, quant, lambda p, w, n_in, lead: one(w, n_in, quant, lead))
 
 
+def dequantize_params(params: dict, quant: QuantizationConfig, dtype: Any) -> dict:
+  """`quantize_params`' inverse up to rounding: every quantized weight back as `w` in `dtype`."""
+  def walk(node: Mapping, prefix: str) -> dict:
+    name = next((n for n in ("w_int8", "w_int4") if n in node), None)
+    if name is None:
+      return {k: walk(v, f"{prefix}{k}/") if isinstance(v, Mapping) else v
+              for k, v in node.items()}
+    n_in = _n_in(prefix + "w", quant)
+    if n_in is None:
+      raise ValueError(f"{prefix}w is quantized but not a target of {quant}")
+    one = lambda q: dequantize(q, n_in, dtype)
+    if "/layers/" in prefix:
+      one = jax.vmap(one)
+    q = {name: node[name], "w_scale": node["w_scale"]}
+    out = {k: v for k, v in node.items() if k not in q}
+    out["w"] = jax.jit(one)(q)
+    return out
+  return {"params": walk(params["params"], "")}
+
+
 def quantized_shapes(shapes: dict, quant: QuantizationConfig) -> dict:
   """`quantize_params` on abstract params (ShapeDtypeStruct leaves): nothing is allocated."""
   return _map_targets(shapes, quant, lambda p, w, n_in, lead: jax.eval_shape(

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from paligemma_jax.models.attention import dot_product_attention
-from paligemma_jax.models.config import SigLIPConfig
+from paligemma_jax.models.config import LoraConfig, SigLIPConfig
 from paligemma_jax.models.layers import Einsum, layer_norm, scan_layers
 
 
@@ -29,12 +29,13 @@ class SigLIPAttention(nn.Module):
   config: SigLIPConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxMxW: jax.Array) -> jax.Array:
     w, n, h = self.config.width, self.config.num_heads, self.config.head_dim
     proj = lambda shape, axes, n_in, name: Einsum(shape, axes, n_in, True, self.dtype,
-                                                  self.param_dtype, name=name)
+                                                  self.param_dtype, self.lora, name=name)
     qkv_axes = ("vit_embed", "vit_heads", "vit_head_dim")
     q = proj((w, n, h), qkv_axes, 1, "q")("BMW,WNH->BMNH", x_BxMxW)
     k = proj((w, n, h), qkv_axes, 1, "k")("BMW,WNH->BMNH", x_BxMxW)
@@ -50,15 +51,16 @@ class SigLIPMLP(nn.Module):
   config: SigLIPConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxMxW: jax.Array) -> jax.Array:
     w, f = self.config.width, self.config.mlp_dim
-    y = Einsum((w, f), ("vit_embed", "vit_mlp"), 1, True, self.dtype, self.param_dtype,
-               name="fc1")("BMW,WF->BMF", x_BxMxW)
+    proj = lambda shape, axes, name: Einsum(shape, axes, 1, True, self.dtype, self.param_dtype,
+                                            self.lora, name=name)
+    y = proj((w, f), ("vit_embed", "vit_mlp"), "fc1")("BMW,WF->BMF", x_BxMxW)
     y = nn.gelu(y, approximate=True)
-    return Einsum((f, w), ("vit_mlp", "vit_embed"), 1, True, self.dtype, self.param_dtype,
-                  name="fc2")("BMF,FW->BMW", y)
+    return proj((f, w), ("vit_mlp", "vit_embed"), "fc2")("BMF,FW->BMW", y)
 
 
 class SigLIPBlock(nn.Module):
@@ -67,13 +69,14 @@ class SigLIPBlock(nn.Module):
   config: SigLIPConfig
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x_BxMxW: jax.Array) -> tuple[jax.Array, None]:
     cfg, dt, pdt = self.config, self.dtype, self.param_dtype
     norm = lambda name: layer_norm(cfg.layer_norm_eps, "vit_embed", dt, pdt, name)
-    x_BxMxW = x_BxMxW + SigLIPAttention(cfg, dt, pdt, name="attn")(norm("norm1")(x_BxMxW))
-    x_BxMxW = x_BxMxW + SigLIPMLP(cfg, dt, pdt, name="mlp")(norm("norm2")(x_BxMxW))
+    x_BxMxW = x_BxMxW + SigLIPAttention(cfg, dt, pdt, self.lora, name="attn")(norm("norm1")(x_BxMxW))
+    x_BxMxW = x_BxMxW + SigLIPMLP(cfg, dt, pdt, self.lora, name="mlp")(norm("norm2")(x_BxMxW))
     x_BxMxW = nn.with_logical_constraint(x_BxMxW, ("activation_batch", None, "activation_embed"))
     return x_BxMxW, None
 
@@ -85,6 +88,7 @@ class SigLIP(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   remat: str = "none"
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, images_BxRxRx3: jax.Array, layers: Sequence[dict] | None = None
@@ -101,7 +105,7 @@ class SigLIP(nn.Module):
 
     # A stride-P, PxP, VALID conv is an einsum over non-overlapping patches, in row-major order.
     patches = images_BxRxRx3.reshape(b, g, p, g, p, 3)
-    x = Einsum((p, p, 3, w), (None, None, None, "vit_embed"), 3, True, dt, pdt,
+    x = Einsum((p, p, 3, w), (None, None, None, "vit_embed"), 3, True, dt, pdt, self.lora,
                name="patch_embed")("BiPjQC,PQCW->BijW", patches)
     x_BxMxW = x.reshape(b, g * g, w)
     pos_embed = self.param(
@@ -112,10 +116,10 @@ class SigLIP(nn.Module):
 
     if layers is None:
       scanned = scan_layers(SigLIPBlock, cfg.depth, self.remat, in_axes=(), name="layers",
-                            config=cfg, dtype=dt, param_dtype=pdt)
+                            config=cfg, dtype=dt, param_dtype=pdt, lora=self.lora)
       x_BxMxW, _ = scanned(x_BxMxW)
     else:
-      block = SigLIPBlock(cfg, dt, pdt, parent=None)  # applied functionally
+      block = SigLIPBlock(cfg, dt, pdt, self.lora, parent=None)  # applied functionally
       for layer in layers:
         x_BxMxW, _ = block.apply({"params": layer}, x_BxMxW)
     return layer_norm(cfg.layer_norm_eps, "vit_embed", dt, pdt, "final_norm")(x_BxMxW)
