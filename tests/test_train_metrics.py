@@ -25,7 +25,8 @@ def test_flops_of_a_tiny_config_match_a_hand_count():
   # 9,216 weights; attention 4 * 24^2 * 2 heads * 16 * 1 layer, in full.
   llm = 2 * 9_216 * 24 + 4 * 24**2 * 2 * 16
   head = 2 * 100 * 32 * 20  # the 20 text positions
-  assert metrics.train_flops_per_example(model, text_len=20) == 3 * (vision + projector + llm + head)
+  flops = metrics.train_flops_per_example(model, text_len=20)
+  assert flops == 3 * (vision + projector + llm + head)
   # A second image adds its SigLIP and projector FLOPs and 4 positions to the LLM's sequence.
   llm2 = 2 * 9_216 * 28 + 4 * 28**2 * 2 * 16
   assert metrics.train_flops_per_example(model, text_len=20, num_images=2) == 3 * (
@@ -66,8 +67,8 @@ def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
   from tensorboard.util import tensor_util
   events = event_accumulator.EventAccumulator(str(folder))
   events.Reload()
-  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-          for tag in events.Tags()["tensors"]}
+  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                for e in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
 
 
 def test_metrics_writer_truncates_jsonl_on_resume_and_appends_event_files(tmp_path):

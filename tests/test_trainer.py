@@ -148,8 +148,8 @@ def _tensorboard(workdir) -> dict[str, list[tuple[int, float]]]:
   from tensorboard.util import tensor_util
   events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
   events.Reload()
-  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-          for tag in events.Tags()["tensors"]}
+  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                for e in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
 
 
 def test_run_writes_metrics_params_and_checkpoints(uninterrupted, shapes):
