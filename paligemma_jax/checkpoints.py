@@ -17,6 +17,8 @@ into a temporary directory and renames it on commit).
 
 Writes are atomic: nothing appears at the destination until the write has finished, an existing
 destination is replaced only with `overwrite=True`, and a failed write leaves nothing behind.
+Across processes (multi-host training's final params) all write their shards into one temporary
+directory, whose name process 0 picks, and process 0 renames it once every process is done.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp1
 
 from paligemma_jax import checkpoint_layers
@@ -93,16 +96,21 @@ class _AtomicDestination:
     parent = os.path.dirname(self.path)
     os.makedirs(parent, exist_ok=True)
     # Not a hidden name: Orbax's partial saves misplace their session next to dot-files.
-    self.tmp = os.path.join(parent, f"{os.path.basename(self.path)}.incomplete-{uuid.uuid4().hex[:8]}")
+    self.tmp = os.path.join(parent, f"{os.path.basename(self.path)}.incomplete-{_agreed_suffix()}")
 
   def commit(self) -> None:
-    old = None
-    if os.path.exists(self.path):
-      old = self.tmp + ".old"
-      os.rename(self.path, old)
-    os.rename(self.tmp, self.path)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
+    # Across processes every one has written its shards into the same `tmp`: process 0 renames
+    # it once all are done, and none returns before the checkpoint is in place.
+    _barrier(f"checkpoint written: {self.tmp}")
+    if jax.process_index() == 0:
+      old = None
+      if os.path.exists(self.path):
+        old = self.tmp + ".old"
+        os.rename(self.path, old)
+      os.rename(self.tmp, self.path)
+      if old:
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier(f"checkpoint committed: {self.path}")
 
   def discard(self) -> None:
     # Orbax's partial-save session lives in siblings named after the temporary path.
@@ -110,6 +118,19 @@ class _AtomicDestination:
     for name in os.listdir(parent):
       if name.startswith(stem):
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _agreed_suffix() -> str:
+  """A random name suffix, process 0's on every process (they must write into one directory)."""
+  suffix = np.frombuffer(uuid.uuid4().bytes[:4], np.uint8)
+  if jax.process_count() > 1:
+    suffix = np.asarray(multihost_utils.broadcast_one_to_all(suffix), np.uint8)
+  return suffix.tobytes().hex()
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def save_params(path: str | os.PathLike, config: PaliGemmaConfig, params: Mapping[str, Any], *,

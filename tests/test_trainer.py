@@ -341,7 +341,7 @@ import jax
 process, port, config, workdir = sys.argv[1:]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process))
 from paligemma_jax.training import trainer
-trainer.train(json.loads(config), workdir, max_steps=3)
+trainer.train(json.loads(config), workdir)
 """
 
 
@@ -351,11 +351,11 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(shapes, tmp_path)
   """2 processes x 4 CPU devices and 1 process x 8 devices: the same losses, f32, within 1e-5.
 
   Unshuffled, process p reads examples p, p + 2, ...: the two processes' rows of a global batch are
-  the one process's rows, in another order (which only changes the order of sums). The runs stop
-  after 3 of 4 steps: the final params save (checkpoints.save_params) is not multi-process yet.
+  the one process's rows, in another order (which only changes the order of sums). Both write the
+  final params checkpoint (in the two-process run, each process its shards of one directory).
   """
   import socket
-  c = tiny_config(shapes, total_steps=4, log_every=1, checkpoint_every=0,
+  c = tiny_config(shapes, total_steps=3, log_every=1, checkpoint_every=0,
                   **{"input.shuffle": False})
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -365,7 +365,7 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(shapes, tmp_path)
                              json.dumps(c.to_dict()), str(tmp_path / "two")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for p in range(2)]
-  trainer.train(c, str(tmp_path / "one"), max_steps=3)  # meanwhile: this process has 8 devices
+  trainer.train(c, str(tmp_path / "one"))  # meanwhile: this process has 8 devices
   for proc in procs:
     output = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, output[-3000:]
@@ -375,3 +375,8 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(shapes, tmp_path)
     np.testing.assert_allclose([r[key] for r in runs[1]], [r[key] for r in runs[0]], rtol=1e-5,
                                err_msg=key)
   assert runs[1][-1]["train_loss"] < runs[1][0]["train_loss"]  # it trained
+  # Adam divides by the gradients' scale, so near-zero gradients turn summation-order noise into
+  # visible steps: params agree to 1% of one update (lr 1e-2), not to float precision.
+  for a, b in zip(_params(tmp_path / "one"), _params(tmp_path / "two")):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  assert not list(tmp_path.glob("two/params.incomplete*"))
