@@ -58,6 +58,8 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
   if isinstance(hint, types.UnionType) or origin is typing.Union:
     errors = []
     for option in typing.get_args(hint):
+      if option is type(None) and value is not None and errors:
+        continue  # "must be None" would hide why the value is not the other option
       try:
         return coerce(value, option, path)
       except ValueError as e:
