@@ -21,6 +21,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
     seed, on_nonfinite ("skip" | "stop"), peak_tflops_per_device (for the MFU; 0 = by device)
     evals: {name: {evaluator, data, decoding, ...}}  (evaluation.parse_evals; run every
         eval_every steps and at the end)
+    lora: {rank, alpha, dropout, targets, quantize, group_size}  (optional: LoRA / QLoRA on a
+        frozen base, see LoraSettings)
 
 Unknown keys, missing required values, wrong types and impossible combinations (a mesh that does
 not fit the devices, a batch that does not split) fail here with one line naming the fix, before
@@ -40,6 +42,9 @@ from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.input_config import InputConfig, input_config_from_dict
 from paligemma_jax.evaluation.eval_config import EvalSpec, parse_evals
 from paligemma_jax.models import PaliGemmaConfig, get_variant
+from paligemma_jax.models.config import (LORA_DECODER, QUANTIZATION_KINDS, LoraConfig,
+                                         QuantizationConfig)
+from paligemma_jax.models.quantize import as_quantization
 from paligemma_jax.training.optimizer import OptimizerConfig
 
 ON_NONFINITE = ("skip", "stop")
@@ -71,6 +76,40 @@ class ModelSettings:
     # Always set: a checkpoint fine-tuned with dropout stores its rate, which must not carry over.
     text.setdefault("dropout", self.llm_dropout)
     object.__setattr__(self, "text", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+  """The `lora` section: train low-rank adapters (models/lora.py) on a frozen base.
+
+  rank, alpha, dropout, targets: `LoraConfig`'s (targets are regexes over weight paths such as
+    "llm/layers/attn/q/w"; by default the decoder's attention and MLP).
+  quantize: "none" (the base in the compute dtype) or "int8" / "int4" (QLoRA: the base stored
+    quantized, int4 in groups of `group_size`).
+  The base holds no optimizer state and gets no gradient; checkpoints hold the adapters alone.
+  """
+
+  rank: int = 8
+  alpha: float = 8.0
+  dropout: float = 0.0
+  targets: tuple[str, ...] = (LORA_DECODER,)
+  quantize: str = "none"
+  group_size: int = 128
+
+  def __post_init__(self) -> None:
+    if self.quantize not in ("none", *QUANTIZATION_KINDS):
+      raise ValueError(f"config.lora.quantize {self.quantize!r} is unknown; use none, "
+                       f"{', '.join(QUANTIZATION_KINDS)}")
+    self.lora_config("")  # checks rank, alpha, dropout and targets
+
+  def lora_config(self, base: str) -> LoraConfig:
+    try:
+      return LoraConfig(self.rank, self.alpha, self.dropout, self.targets, base)
+    except ValueError as e:
+      raise ValueError(f"config.lora: {e}") from None
+
+  def quantization(self) -> QuantizationConfig | None:
+    return as_quantization(self.quantize, self.group_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +146,7 @@ class TrainConfig:
   seed: int = 0
   on_nonfinite: str = "stop"
   evals: tuple[EvalSpec, ...] = ()
+  lora: LoraSettings | None = None
 
   def __post_init__(self) -> None:
     if not self.tokenizer:
@@ -219,5 +259,5 @@ def validate(cfg: TrainConfig, num_devices: int, process_count: int = 1) -> tupl
   return sizes[0], sizes[1], sizes[2]
 
 
-__all__ = ["ModelSettings", "MeshSettings", "TrainConfig", "parse_train_config", "model_config",
+__all__ = ["ModelSettings", "LoraSettings", "MeshSettings", "TrainConfig", "parse_train_config", "model_config",
            "validate"]

@@ -3,6 +3,11 @@
     state = init_state(model_cfg, tx, mesh, seed)                       # random init
     state = state_from_params(model_cfg, tx, mesh, params, seed)        # pretrained params
     config, params = load_pretrained(path, overrides, mesh)             # Orbax / HF, resampled
+    base = frozen_base(model_cfg, mesh, params_or_none, seed)           # LoRA: the frozen base
+
+The state's params are what the optimizer trains: all the params, or with `config.lora` the
+adapters alone (`trained_params`); a LoRA run's base lives outside the state (`frozen_base`, in
+the compute dtype or quantized), so it has no optimizer state, no gradient and no checkpoint.
 
 Shardings: params by `sharding.param_shardings` (the one RULES table); every optimizer-state leaf
 that sits under a param's path with the param's shape (Adam's mu / nu, momentum, ...) gets that
@@ -24,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from paligemma_jax import checkpoints, sharding
-from paligemma_jax.models import PaliGemma, PaliGemmaConfig
+from paligemma_jax.models import PaliGemma, PaliGemmaConfig, lora, quantize
 from paligemma_jax.models.paligemma import dummy_inputs
 
 
@@ -66,32 +71,69 @@ def _random_params(config: PaliGemmaConfig, key: jax.Array) -> dict:
   return nn.unbox(PaliGemma(config).init(key, *dummy_inputs(config)))
 
 
+def trained_params(config: PaliGemmaConfig, key: jax.Array) -> dict:
+  """The random init of the trained params: all of them, or the LoRA adapters alone (the
+  base weights that init also makes are dropped by XLA under jit)."""
+  params = _random_params(config.replace(quantization=None), key)
+  return params if config.lora is None else lora.split(params)[1]
+
+
+def trained_shardings(config: PaliGemmaConfig, mesh: Mesh) -> dict:
+  shardings = sharding.param_shardings(config, mesh)
+  return shardings if config.lora is None else lora.split(shardings)[1]
+
+
+def frozen_base(config: PaliGemmaConfig, mesh: Mesh, params: dict | None, seed: int) -> dict:
+  """A LoRA run's frozen base on its shardings: `params` (pretrained, any dtype; donated) or,
+  when None, the random base `init_state(config, ..., seed)` draws next to its adapters. Stored
+  in the compute dtype, or quantized as `config.quantization` says (QLoRA; scales float32)."""
+  shardings = lora.split(sharding.param_shardings(config, mesh))[0]
+  plain = config.replace(quantization=None)
+  dtype = config.compute_dtype
+  if params is None:
+    param_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+    with sharding.activate(mesh):
+      params = jax.jit(lambda k: lora.split(_random_params(plain, k))[0],
+                       out_shardings=lora.split(sharding.param_shardings(plain, mesh))[0]
+                       )(param_key)
+  if config.quantization is not None:
+    params = quantize.quantize_params(params, config.quantization)
+  cast = lambda path, x: (x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                          and _names(path)[-1] != "w_scale" else x)
+  laid_out = all(getattr(p, "sharding", None) == s for p, s in
+                 zip(jax.tree.leaves(params), jax.tree.leaves(shardings)))
+  with sharding.activate(mesh):
+    return jax.jit(lambda p: jax.tree_util.tree_map_with_path(cast, p), out_shardings=shardings,
+                   donate_argnums=0 if laid_out else ())(params)
+
+
 def init_state(config: PaliGemmaConfig, tx: optax.GradientTransformation, mesh: Mesh,
                seed: int) -> TrainState:
   """A random-init state, created sharded (float32 params, the optimizer's initial state)."""
   def init(key: jax.Array) -> TrainState:
     param_key, rng = jax.random.split(key)
-    params = _random_params(config, param_key)
+    params = trained_params(config, param_key)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)
 
   key = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, key)
-  shardings = state_shardings(abstract, sharding.param_shardings(config, mesh), mesh)
+  shardings = state_shardings(abstract, trained_shardings(config, mesh), mesh)
   with sharding.activate(mesh):
     return jax.jit(init, out_shardings=shardings)(key)
 
 
 def state_from_params(config: PaliGemmaConfig, tx: optax.GradientTransformation, mesh: Mesh,
                       params: dict, seed: int) -> TrainState:
-  """A step-0 state around `params` (the optimizer state is created sharded). Params already on
-  the state's shardings are donated: do not use them afterwards."""
+  """A step-0 state around `params` (the optimizer state is created sharded): all the params,
+  or with `config.lora` the adapters. Params already on the state's shardings are donated: do
+  not use them afterwards."""
   def init(p: dict, key: jax.Array) -> TrainState:
     p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
     return TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), jax.random.split(key)[1])
 
   key = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(init, params, key)
-  shardings = state_shardings(abstract, sharding.param_shardings(config, mesh), mesh)
+  shardings = state_shardings(abstract, trained_shardings(config, mesh), mesh)
   # Params already laid out as the state wants them are donated: the state reuses their buffers
   # instead of doubling the memory (XLA cannot alias buffers whose sharding changes).
   laid_out = all(getattr(p, "sharding", None) == s for p, s in
@@ -105,11 +147,11 @@ def abstract_state(config: PaliGemmaConfig, tx: optax.GradientTransformation, me
                    ) -> TrainState:
   """ShapeDtypeStructs with shardings of the state: the target of a checkpoint restore."""
   def init(key: jax.Array) -> TrainState:
-    params = _random_params(config, key)
+    params = trained_params(config, key)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  shardings = state_shardings(abstract, sharding.param_shardings(config, mesh), mesh)
+  shardings = state_shardings(abstract, trained_shardings(config, mesh), mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings)
 
@@ -147,27 +189,33 @@ def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
   return weights
 
 
-def load_pretrained(path: str, overrides: dict[str, Any], mesh: Mesh
+def load_pretrained(path: str, overrides: dict[str, Any], mesh: Mesh, dtype: str = "float32"
                     ) -> tuple[PaliGemmaConfig, dict]:
-  """(config, params) of a checkpoint, float32 and sharded for `mesh`, under `overrides`
-  (`PaliGemmaConfig.replace` fields). A changed `vision.image_size` resamples `pos_embed`.
+  """(config, params) of a checkpoint, in `dtype` (float32 masters; a LoRA base in the compute
+  dtype) and sharded for `mesh`, under `overrides` (`PaliGemmaConfig.replace` fields). A
+  changed `vision.image_size` resamples `pos_embed`.
 
   Orbax params checkpoints are read straight into their shards. HF folders are read on the host
   and then placed (convert them to Orbax first for models that do not fit one host's memory).
   """
   if any(name.endswith(".safetensors") for name in os.listdir(path)):
     from paligemma_jax.conversion import load_hf_checkpoint
-    stored, params = load_hf_checkpoint(path, param_dtype="float32")
+    stored, params = load_hf_checkpoint(path, param_dtype=dtype)
     stored_shardings = sharding.param_shardings(stored, mesh)
     params = jax.device_put(params, stored_shardings)
   else:
     stored = checkpoints.read_config(path)
     if stored.quantization is not None:
       raise ValueError(f"config.init {path} holds {stored.quantization.kind} params; fine-tune "
-                       "from the unquantized checkpoint (QLoRA is not supported yet)")
-    stored = stored.replace(param_dtype="float32")
+                       "from the unquantized checkpoint (QLoRA: config.lora.quantize quantizes "
+                       "it)")
+    if stored.lora is not None:
+      raise ValueError(f"config.init {path} is a LoRA adapters checkpoint; start from its base "
+                       f"{stored.lora.base or '(none recorded)'}, or merge it first "
+                       "(convert_checkpoint.py --merge_lora)")
+    stored = stored.replace(param_dtype=dtype)
     _, params = checkpoints.load_params(path, shardings=sharding.param_shardings(stored, mesh),
-                                        dtype="float32")
+                                        dtype=dtype)
   config = stored.replace(**overrides)
   new_m = config.vision.num_patches
   pos = params["params"]["vision"]["pos_embed"]

@@ -1,7 +1,12 @@
 """One jitted train step: big_vision's loss, optional gradient accumulation, an optax update.
 
-    step = make_train_step(model_cfg, tx, learning_rate, frozen, settings, mesh, state_shardings)
+    step = make_train_step(model_cfg, tx, learning_rate, trainable, settings, mesh,
+                           state_shardings, base)
     state, metrics = step(state, batch)      # state donated; metrics are replicated scalars
+
+LoRA (`model_cfg.lora`): `state.params` are the adapters and `base` the frozen rest (compute
+dtype or quantized); the forward joins them, and only the adapters are differentiated, so the
+base gets no gradient at all (not a zeroed one).
 
 Loss (shared/reference/training_and_tasks.md §1): the model reads tokens[:, :-1] under the
 prefix-LM mask of mask_ar[:, :-1]; the final hidden states of the text positions (the leading
@@ -18,7 +23,7 @@ micro-batch i mod k, which keeps every micro-batch evenly spread over the data s
 `lax.scan` sums their gradients, and sum / k equals the full batch's gradient because every
 micro-batch has the same number of examples and the loss is a mean over examples.
 
-LLM dropout (`config.text.dropout` > 0) is on in the step's forward only: the step's dropout key
+LLM dropout (`config.text.dropout` > 0) and LoRA dropout are on in the step's forward only: the step's dropout key
 is `fold_in(state.rng, state.step)` (a pure function of the seed and the step, so a resumed run
 draws the same masks), and micro-batch j uses `fold_in(that key, j)`.
 
@@ -39,7 +44,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from paligemma_jax import sharding
-from paligemma_jax.models import PaliGemma, PaliGemmaConfig, attention_masks, default_positions
+from paligemma_jax.models import (PaliGemma, PaliGemmaConfig, attention_masks, default_positions,
+                                  lora)
 from paligemma_jax.training.loss import bv_loss, shift_for_loss, token_losses
 from paligemma_jax.training.state import TrainState
 
@@ -105,15 +111,18 @@ def _micro_batches(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Arra
 
 
 def loss_and_grads(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
-                   settings: StepSettings, dropout_rng: jax.Array | None = None
-                   ) -> tuple[jax.Array, jax.Array, dict]:
-  """(loss, sup_len [B or k x B/k], float32 grads), accumulated over `settings.micro_batches`.
+                   settings: StepSettings, dropout_rng: jax.Array | None = None,
+                   base: dict | None = None) -> tuple[jax.Array, jax.Array, dict]:
+  """(loss, sup_len [B or k x B/k], float32 grads of `params`), accumulated over
+  `settings.micro_batches`. `base`: the frozen params joined to `params` (LoRA), not
+  differentiated.
 
   `dropout_rng`: None (no dropout) or this step's key; micro-batch j gets `fold_in(key, j)`."""
   compute = config.compute_dtype
 
   def loss_fn(p, b, rng):
-    loss, aux = batch_loss(config, _cast(p, compute), b, settings, rng)
+    p = _cast(p, compute)
+    loss, aux = batch_loss(config, p if base is None else lora.join(base, p), b, settings, rng)
     return loss, aux["sup_len"]
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -140,17 +149,21 @@ def _l2(tree: Any, keep: Any = None) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+def uses_dropout(config: PaliGemmaConfig) -> bool:
+  return config.text.dropout > 0.0 or (config.lora is not None and config.lora.dropout > 0.0)
+
+
 def train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
                learning_rate: Callable[[Any], jax.Array], trainable: Any,
-               settings: StepSettings, state: TrainState, batch: Mapping[str, jax.Array]
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               settings: StepSettings, state: TrainState, batch: Mapping[str, jax.Array],
+               base: dict | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """The un-jitted step (see the module docstring). `trainable`: bools shaped like the params
   (False = frozen, left out of the gradient norm). `learning_rate(opt_state)`: the lr that this
-  update applies, for the metrics."""
+  update applies, for the metrics. `base`: a LoRA run's frozen base (else None)."""
   dropout_rng = None
-  if config.text.dropout > 0.0:
+  if uses_dropout(config):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings, dropout_rng)
+  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings, dropout_rng, base)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = _l2(grads, trainable)
@@ -171,21 +184,24 @@ def train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
 
 def make_train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
                     learning_rate: Callable[[Any], jax.Array], trainable: Any,
-                    settings: StepSettings, mesh: Mesh, state_shardings: TrainState
+                    settings: StepSettings, mesh: Mesh, state_shardings: TrainState,
+                    base: dict | None = None
                     ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                   tuple[TrainState, dict[str, jax.Array]]]:
-  """`train_step` jitted with explicit shardings, donating the state; runs under `mesh`."""
+  """`train_step` jitted with explicit shardings, donating the state; runs under `mesh`.
+  `base` (LoRA's frozen params, already placed) is passed to every step as it is."""
   batch_shardings = {"images": sharding.batch_sharding(mesh, 5),
                      **{k: sharding.batch_sharding(mesh, 2) for k in BATCH_KEYS if k != "images"}}
   replicated = NamedSharding(mesh, PartitionSpec())
+  base_shardings = None if base is None else jax.tree.map(lambda x: x.sharding, base)
   jitted = jax.jit(
-      lambda state, batch: train_step(config, tx, learning_rate, trainable, settings, state,
-                                      batch),
-      in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
+      lambda state, batch, base: train_step(config, tx, learning_rate, trainable, settings,
+                                            state, batch, base),
+      in_shardings=(state_shardings, batch_shardings, base_shardings),
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def step(state: TrainState, batch: Mapping[str, jax.Array]):
     with sharding.activate(mesh):
-      return jitted(state, {k: batch[k] for k in BATCH_KEYS})
+      return jitted(state, {k: batch[k] for k in BATCH_KEYS}, base)
 
   return step

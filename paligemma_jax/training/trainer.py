@@ -36,7 +36,7 @@ from paligemma_jax.data.input_pipeline import TrainInput
 from paligemma_jax.data.tokenizer import Tokenizer
 from paligemma_jax.device_input import global_batch
 from paligemma_jax.evaluation.run_evals import periodic_evaluator
-from paligemma_jax.models import PaliGemmaConfig
+from paligemma_jax.models import PaliGemmaConfig, lora
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import state as state_lib
 from paligemma_jax.training.metrics import (MetricsWriter, peak_flops_per_device, throughput,
@@ -69,11 +69,15 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
 def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: str, mesh: Mesh,
                   resuming: bool) -> tuple[PaliGemmaConfig, dict | None]:
   """(model config, pretrained params or None). A resumed run reads the config it wrote and
-  loads nothing (its checkpoint holds the params)."""
+  loads nothing (its checkpoint holds the params), except a LoRA run's pretrained base (the
+  checkpoints hold the adapters alone), read in the compute dtype."""
   path = os.path.join(workdir, "model_config.json")
+  saved = None
   if resuming and os.path.exists(path):
     with open(path) as f:
-      return PaliGemmaConfig.from_dict(json.load(f)), None
+      saved = PaliGemmaConfig.from_dict(json.load(f))
+    if saved.lora is None or not cfg.from_checkpoint:
+      return saved, None
   if not cfg.from_checkpoint:
     model = config_lib.model_config(cfg, tokenizer.vocab_size, tokenizer.image_token_id)
     params = None
@@ -84,9 +88,16 @@ def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: st
     overrides |= {f"text.{k}": v for k, v in text.items()}
     overrides |= {"dtype": m.dtype, "remat": m.remat, "param_dtype": "float32"}
     try:
-      model, params = state_lib.load_pretrained(cfg.init, overrides, mesh)
+      model, params = state_lib.load_pretrained(cfg.init, overrides, mesh,
+                                                m.dtype if cfg.lora else "float32")
     except ValueError as e:
       raise ValueError(f"config.init / config.model: {str(e).splitlines()[0]}") from None
+    model = model.replace(param_dtype="float32")  # the trained params' (LoRA: the adapters')
+  if saved is not None:
+    return saved, params
+  if cfg.lora is not None:
+    base = os.path.abspath(cfg.init) if cfg.from_checkpoint else ""
+    model = model.replace(lora=cfg.lora.lora_config(base), quantization=cfg.lora.quantization())
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -155,6 +166,10 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   trainable = jax.tree.map(lambda f: not f, frozen_mask(cfg.optimizer, abstract_params))
   lr_of = learning_rate(cfg.optimizer, total_steps)
 
+  base = None  # LoRA: the frozen base, outside the state
+  if model.lora is not None:
+    base = state_lib.frozen_base(model, mesh, pretrained, cfg.seed)
+    pretrained = None
   if start is not None:
     _, state, extra = ckpt.restore(state_lib.abstract_state(model, tx, mesh))
     host.set_state(extra["input"])
@@ -173,18 +188,31 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   if evaluate is None and cfg.evals:
     evaluate = periodic_evaluator(cfg.evals, output_dir=os.path.join(workdir, "eval"), mesh=mesh)
   loop = _Loop(cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
-               trainable, lambda o: lr_of(optimizer_step(o)), shardings)
+               trainable, lambda o: lr_of(optimizer_step(o)), shardings, base)
   end = total_steps if max_steps is None else min(total_steps, start + max_steps)
   try:
     state, last = loop.run(state, start, end)
   finally:
     ckpt.close()  # waits for the saves in flight, also when the run stops on an error
   if end == total_steps:
-    checkpoints.save_params(os.path.join(workdir, "params"), model, state.params,
-                            overwrite=True)
+    _save_final(workdir, model, state.params, base)
     if jax.process_index() == 0:
       _plot_loss(workdir)
   return last
+
+
+def _save_final(workdir: str, model: PaliGemmaConfig, params: dict, base: dict | None) -> None:
+  """params/ (infer.py, eval.py and convert_checkpoint.py take it), or for LoRA adapters/: the
+  adapters alone, whose config names the base they load onto; with a random base (nothing to
+  name) the merged params go to params/ as well."""
+  if base is None:
+    checkpoints.save_params(os.path.join(workdir, "params"), model, params, overwrite=True)
+    return
+  checkpoints.save_params(os.path.join(workdir, "adapters"), model, params, overwrite=True)
+  if not model.lora.base:
+    merged_config, merged = lora.merge(model, lora.join(base, params), jnp.float32)
+    checkpoints.save_params(os.path.join(workdir, "params"), merged_config, merged,
+                            overwrite=True)
 
 
 def _dummy_tx():
@@ -196,10 +224,11 @@ class _Loop:
   """The steps from `start` to `end`: data → step → checks → logs → checkpoints → evals."""
 
   def __init__(self, cfg, model, processor, host, mesh, ckpt, writer, evaluate, total_steps, tx,
-               trainable, lr_fn, shardings):
+               trainable, lr_fn, shardings, base):
     self.cfg, self.model, self.processor, self.host, self.mesh = cfg, model, processor, host, mesh
     self.ckpt, self.writer, self.evaluate, self.total = ckpt, writer, evaluate, total_steps
     self.tx, self.trainable, self.lr_fn, self.shardings = tx, trainable, lr_fn, shardings
+    self.base = base  # LoRA's frozen base, or None
     self.step_fn = None
     self.loss_start = 0
     self.num_image_tokens = cfg.input.num_images * model.vision.num_patches
@@ -211,7 +240,7 @@ class _Loop:
       settings = StepSettings(label_smoothing=self.cfg.label_smoothing,
                               micro_batches=self.cfg.micro_batches, loss_start=self.loss_start)
       self.step_fn = make_train_step(self.model, self.tx, self.lr_fn, self.trainable, settings,
-                                     self.mesh, self.shardings)
+                                     self.mesh, self.shardings, self.base)
     _check_layout(batch, self.loss_start, self.model.image_token_id)
     return global_batch(batch, self.mesh)
 
@@ -275,7 +304,8 @@ class _Loop:
         if self.evaluate and (step == end == self.total or (
             self.cfg.eval_every and step % self.cfg.eval_every == 0)):
           began = time.perf_counter()
-          results = self.evaluate(Predictor(self.model, state.params, self.processor, step))
+          params = state.params if self.base is None else lora.join(self.base, state.params)
+          results = self.evaluate(Predictor(self.model, params, self.processor, step))
           paused += time.perf_counter() - began  # not training time: kept out of the rates
           record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
           self.writer.write(record)
