@@ -7,6 +7,12 @@
 Formats are detected from the paths (a folder with *.safetensors is HF, *.npz is big_vision,
 another folder is Orbax; a destination not ending in .npz becomes the other folder format).
 Errors are printed as one line (exit code 1; 2 for bad flags), never as a traceback.
+A LoRA adapters checkpoint (train.py's WORKDIR/adapters) converts with --merge_lora: the
+adapters are merged into the base their config names, and the merged model is written:
+
+  python convert_checkpoint.py --merge_lora --src workdir/adapters --dst merged/
+  python convert_checkpoint.py --merge_lora --src workdir/adapters --dst merged_hf/ --dst_format hf
+
 With --vqvae the source is the segmentation VQ-VAE (vae-oid.npz), written as its own Orbax params
 (or an Orbax VQ-VAE back to npz when --dst ends in .npz):
 
@@ -47,6 +53,9 @@ flags.register_validator(
     "must be a positive number (queries are scaled by its -0.5 power, e.g. 144)")
 flags.DEFINE_bool("verify", False, "Afterwards, compare logits of both sides on a random input.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("merge_lora", False, "The source is a LoRA adapters checkpoint (train.py's "
+                  "WORKDIR/adapters): merge the adapters into the base its config names and write "
+                  "the merged model (w + alpha/r A B; a QLoRA base is dequantized).")
 flags.DEFINE_bool("vqvae", False, "The source is the segmentation VQ-VAE (vae-oid.npz or its "
                   "Orbax conversion), not a PaliGemma checkpoint.")
 
@@ -69,6 +78,9 @@ def main(argv: list[str]) -> None:
       from paligemma_jax.conversion.vqvae import convert_vqvae
       print(convert_vqvae(FLAGS.src, FLAGS.dst, overwrite=FLAGS.overwrite))
       return
+    if FLAGS.merge_lora or _holds_adapters(FLAGS.src):
+      _merge_lora()
+      return
     from paligemma_jax.conversion.npz_variant import npz_variant
     variant = npz_variant(FLAGS.src, FLAGS.src_format, variant=FLAGS.variant,
                           variant_json=FLAGS.variant_json,
@@ -82,6 +94,43 @@ def main(argv: list[str]) -> None:
     # Expected failures (bad input, existing destination, disk full, failed verification) carry
     # a one-line message; anything else is reported with its type so it can be looked up.
     _fail(str(e) if _expected(e) else f"{type(e).__name__}: {e}", 1)
+
+
+def _holds_adapters(src: str) -> bool:
+  """An Orbax checkpoint whose config has LoRA adapters: it converts only with --merge_lora."""
+  from paligemma_jax.conversion import detect_format
+  if detect_format(src) != "orbax":
+    return False
+  from paligemma_jax import checkpoints
+  try:
+    config = checkpoints.read_config(src)
+  except checkpoints.CheckpointError:
+    return False
+  if config.lora is not None and not FLAGS.merge_lora:
+    _fail(f"{src} holds LoRA adapters, not a whole model; pass --merge_lora to merge them into "
+          f"their base ({config.lora.base or 'none recorded'}) and write the merged model", 2)
+  return config.lora is not None
+
+
+def _merge_lora() -> None:
+  """--merge_lora: merged into an Orbax checkpoint, then converted from it for --dst_format."""
+  import os
+  import tempfile
+  from paligemma_jax.api import merge_lora_checkpoint
+  from paligemma_jax.conversion import convert
+  from paligemma_jax.conversion.convert import destination_format
+  fmt = FLAGS.dst_format or destination_format(FLAGS.dst, "orbax")
+  if fmt == "orbax":
+    merge_lora_checkpoint(FLAGS.src, FLAGS.dst, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
+    print(f"merged the LoRA adapters of {FLAGS.src} into their base -> {FLAGS.dst}")
+    return
+  if os.path.exists(FLAGS.dst) and not FLAGS.overwrite:
+    _fail(f"{FLAGS.dst} already exists; pass --overwrite to replace it", 1)
+  with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(FLAGS.dst))) as tmp:
+    merged = os.path.join(tmp, "merged")
+    merge_lora_checkpoint(FLAGS.src, merged, dtype=FLAGS.dtype)
+    convert(merged, FLAGS.dst, src_format="orbax", dst_format=fmt, overwrite=FLAGS.overwrite,
+            max_shard_size=FLAGS.max_shard_size, verify=FLAGS.verify, progress=FLAGS.progress)
 
 
 def _expected(e: Exception) -> bool:
