@@ -44,6 +44,7 @@ PUBLISHED = {
 DEFAULT_RES = {"scienceqa": 448, "docvqa": 896, "infovqa": 896, "stvqa": 896, "refcoco_seg": 448}
 EVAL_ONLY = {"pope": (224, 448)}
 HELPERS = {"common"}
+LORA_EXAMPLES = {"vqav2_lora": "vqav2"}  # a published task trained with adapters instead
 
 # (config, res) -> the reference's §3 numbers: batch, epochs, lr, wd, text_len, label smoothing,
 # LLM dropout, frozen ViT.
@@ -131,7 +132,7 @@ def parse_train(config, tmp_path: pathlib.Path, num_devices: int = 8):
 
 def test_the_table_covers_every_file():
   names = {p.stem for p in TRANSFERS.glob("*.py")} - HELPERS
-  assert names == set(PUBLISHED) | set(EVAL_ONLY)
+  assert names == set(PUBLISHED) | set(EVAL_ONLY) | set(LORA_EXAMPLES)
   assert len(set(PUBLISHED) - {"forkme"}) >= 20
 
 
@@ -156,6 +157,21 @@ def test_every_published_res_parses(name, tmp_path):
         assert spec.options[option] in fields, (name, spec.name, option)
   default = get_config(name)
   assert default.model.vision.image_size == DEFAULT_RES.get(name, 224)
+
+
+@pytest.mark.parametrize("name", sorted(LORA_EXAMPLES))
+def test_lora_examples_parse_with_their_task_and_adapters(name, tmp_path):
+  task = LORA_EXAMPLES[name]
+  for res in PUBLISHED[task]:
+    cfg, evals = parse_train(get_config(name, f"res={res}"), tmp_path)
+    full, full_evals = parse_train(get_config(task, f"res={res}"), tmp_path)
+    assert cfg.lora is not None and cfg.lora.quantize == "none" and cfg.lora.rank > 0
+    assert cfg.lora.lora_config("").targets_path("llm/layers/attn/q/w")
+    assert cfg.input == full.input and evals == full_evals
+    assert cfg.optimizer.lr > full.optimizer.lr
+  qlora = get_config(name)
+  qlora.lora.quantize = "int4"
+  assert parse_train(qlora, tmp_path)[0].lora.quantization().kind == "int4"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED) + sorted(EVAL_ONLY))
