@@ -261,6 +261,50 @@ def test_bad_data_on_one_process_fails_every_process(data, model, tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+def counting_factory(calls: list[int]):
+  """`fake_predict_factory` (a fake score for perplexity) that records each batch's valid rows."""
+  def factory(decoding):
+    predict = fake_predict_factory(decoding)
+
+    def counted(batch):
+      calls.append(int(np.sum(batch["valid"])))
+      if decoding.sampler == "score":
+        return np.full(len(batch["valid"]), -2.0), np.full(len(batch["valid"]), 4)
+      return predict(batch)
+    return counted
+  return factory
+
+
+@pytest.mark.parametrize("evaluator", ["exact_match", "perplexity"])
+def test_processes_with_unequal_shares_predict_in_step(data, model, tmp_path, evaluator):
+  """The predict function spans every process's devices, so each must call it equally often:
+  5 rows in batches of 2 give process 0 two groups and process 1 one, and a split whose odd rows
+  cannot be read gives process 1 none. A process out of groups predicts padding (no valid row)
+  and drops it; the metrics are one process's over all rows."""
+  _, _, processor = model
+  rows = [{"image": "0.png" if i % 2 == 0 else "nope.png", "prefix": "caption en",
+           "suffix": CAPTIONS[i], "id": f"img{i}"} for i in range(4)]
+  odd_bad = write_jsonl(pathlib.Path(data["folder"]) / "odd_bad.jsonl", rows)
+  for split, want_calls in ((data["caption"], [[2, 1], [2, 0]]), (odd_bad, [[2], [0]])):
+    [spec] = parse_evals([{**caption_eval(data, evaluator=evaluator),
+                           "data": {"jsonl": split, "task_options": {"id_key": "id"}}}])
+    one = run_eval(spec, counting_factory([]), processor, progress=False)
+    gathers, results, calls = threaded_gather(2), {}, {0: [], 1: []}
+
+    def run(index):
+      results[index] = run_eval(spec, counting_factory(calls[index]), processor,
+                                process_index=index, process_count=2, gather=gathers(index),
+                                progress=False)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=60)
+    assert [calls[0], calls[1]] == want_calls
+    assert results[0].metrics == results[1].metrics == pytest.approx(one.metrics)
+    assert results[0].examples == one.examples and results[0].skipped == one.skipped
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 

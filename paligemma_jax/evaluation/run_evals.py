@@ -12,15 +12,16 @@ trainer or the model. `periodic_evaluator(evals, output_dir=..., mesh=...)` wrap
 trainer's `evaluate(predictor)` hook (training/trainer.py's `train(..., evaluate=...)`).
 
 Per eval, each process reads its share of the split (`data.eval_input.eval_rows`), groups valid
-rows into batches of `batch_size` (the last one padded, `valid = False`), predicts, and turns its
-rows into prediction rows (id, prompt, prediction, references, fields). It computes its stats,
-then every process's stats and rows are gathered (`gather`, default `allgather_bytes` over
-`jax.experimental.multihost_utils.process_allgather`; 1 process: no communication) and merged
-with `stats.merge_all`: a key-wise sum, which is the exact sum for additive metrics and the
-multiset union for CIDEr and mAP. Every process then computes the same metrics; process 0
-writes `predictions.jsonl` (all processes' rows, then one {"id", "error"} row per example that
-could not be read) and `metrics.json` into `<output_dir>[/step_<step>]/<name>/`, each through a
-temporary file renamed at the end, only after the metrics were computed: a failure leaves no file.
+rows into batches of `batch_size` (the last one padded, `valid = False`), predicts (every process
+calls the predict function equally often, see `predict_share`), and turns its rows into prediction
+rows (id, prompt, prediction, references, fields). It computes its stats, then every process's
+stats and rows are gathered (`gather`, default `allgather_bytes` over
+`jax.experimental.multihost_utils.process_allgather`; 1 process: no communication) and merged with
+`stats.merge_all`: a key-wise sum, which is the exact sum for additive metrics and the multiset
+union for CIDEr and mAP. Every process then computes the same metrics; process 0 writes
+`predictions.jsonl` (all processes' rows, then one {"id", "error"} row per example that could not
+be read) and `metrics.json` into `<output_dir>[/step_<step>]/<name>/`, each through a temporary
+file renamed at the end, only after the metrics were computed: a failure leaves no file.
 
 Examples that cannot be read are skipped and counted (`skipped`); an eval with no example at all,
 or a row the evaluator cannot score (no references, a missing field), is a one-line ValueError.
@@ -32,7 +33,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,7 +125,7 @@ def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Pr
   # Bad data fails every process after the gather, so that none waits for a failed one.
   try:
     local, errors = predict_share(spec, evaluator, predict_fn_factory, processor, index, count,
-                                  progress)
+                                  progress, gather)
     stats, failure = evaluator.stats(local, **spec.options) if local else {}, None
   except ValueError as e:  # a metric's "example i" counts this process's rows from 0
     prefix = f"eval {spec.name!r}: "
@@ -153,26 +154,53 @@ def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Pr
 
 
 def predict_share(spec: EvalSpec, evaluator: Evaluator, predict_fn_factory: PredictFnFactory,
-                  processor: Processor, index: int, count: int, progress: bool = True
+                  processor: Processor, index: int, count: int, progress: bool = True,
+                  gather: Gather | None = None
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-  """This process's prediction rows, and its {id, error} rows (examples that cannot be read)."""
+  """This process's prediction rows, and its {id, error} rows (examples that cannot be read).
+
+  The predict function is one program over every process's devices, so all processes call it
+  equally often: with several processes, they `gather` before each call whether anyone still has
+  a group; one that has run out predicts a batch of padding and drops it. A process that finds
+  an unscorable row says so in that exchange and raises; the others stop and return, and
+  `run_eval` reports the failure everywhere.
+  """
   rows = eval_rows(spec.data, process_index=index, process_count=count)
   show = progress and index == 0
   member = open_member(spec.data) if show else None  # the bar's total, where it is known
   total = len(range(len(member.source))[index::count]) \
       if member and member.task.one_row_per_example else None
   predict = predict_fn_factory(spec.decoding)
+  groups = row_groups(rows, spec.batch_size, num_images=spec.num_images)
   local: list[dict[str, Any]] = []
   errors: list[dict[str, Any]] = []
   with tqdm.tqdm(desc=spec.name, unit="ex", total=total, disable=not show) as bar:
-    for group, bad in row_groups(rows, spec.batch_size, num_images=spec.num_images):
-      errors += [{"id": r.id, "error": r.error} for r in bad]
-      for row in group:  # an unscorable row stops the eval before its group is predicted
-        _check_row(spec, evaluator, row)
-      if group:
-        local += _predict_group(spec, evaluator, predict, processor, group)
+    while True:
+      group, failure = _next_group(groups, errors), None
       bar.update(len(local) + len(errors) - bar.n)  # skipped rows count toward the total
+      try:  # an unscorable row stops the eval before its group is predicted
+        for row in group:
+          _check_row(spec, evaluator, row)
+        state = b"group" if group else b"done"
+      except ValueError as e:
+        state, failure = b"failed", e
+      states = {state} if count == 1 else set(gather(state))
+      if failure:
+        raise failure
+      if b"failed" in states or b"group" not in states:
+        break
+      local += _predict_group(spec, evaluator, predict, processor, group)
   return local, errors
+
+
+def _next_group(groups: Iterator[tuple[list[Row], list[Row]]], errors: list[dict[str, Any]]
+                ) -> list[Row]:
+  """The next group with rows ([] when none is left); adds the bad rows before it to `errors`."""
+  for group, bad in groups:
+    errors += [{"id": r.id, "error": r.error} for r in bad]
+    if group:
+      return group
+  return []
 
 
 def _check_row(spec: EvalSpec, evaluator: Evaluator, row: Row) -> None:
@@ -188,17 +216,22 @@ def _check_row(spec: EvalSpec, evaluator: Evaluator, row: Row) -> None:
 
 def _predict_group(spec: EvalSpec, evaluator: Evaluator, predict: Callable, processor: Processor,
                    group: list[Row]) -> list[dict[str, Any]]:
-  """Prediction rows of one group (one padded batch)."""
+  """Prediction rows of one group (one padded batch); [] for no group, whose batch is all
+  padding (a blank placeholder row, `valid` all False), predicted only to keep in step."""
+  filled = group or [Row(id=None, prefix="", references=("",),
+                         images=(np.zeros((1, 1, 3), np.uint8),) * spec.num_images)]
+  batch = eval_batch(filled, processor, spec.batch_size, spec.text_len,
+                     num_images=spec.num_images) if spec.generates else \
+      score_batch(filled, processor, spec)
+  batch["valid"] = np.arange(spec.batch_size) < len(group)
   if spec.generates:
-    batch = eval_batch(group, processor, spec.batch_size, spec.text_len,
-                       num_images=spec.num_images)
     texts = predict(batch)
     if len(texts) != spec.batch_size:
       raise ValueError(f"eval {spec.name!r}: the predict function returned {len(texts)} texts "
                        f"for a batch of {spec.batch_size}")
     outputs = [{"prediction": t} for t in texts[:len(group)]]
   else:
-    log_likelihoods, counts = predict(score_batch(group, processor, spec))
+    log_likelihoods, counts = predict(batch)
     outputs = [{"log_likelihood": float(ll), "num_tokens": int(c)}
                for ll, c in zip(log_likelihoods[:len(group)], counts[:len(group)])]
   out = []
