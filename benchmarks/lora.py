@@ -4,7 +4,8 @@
 trained from scratch for `--base_steps` (a "pretrained" checkpoint that is right on part of the
 held-out rows), then fine-tuned from it for `--steps` twice, with the same data order: every
 weight trained (configs/demo.py's recipe, lr `--full_lr`), and LoRA adapters alone (rank
-`--rank` on every matrix of both towers and the projector, lr `--lora_lr`), optionally QLoRA
+`--rank` on every matrix of both towers and the projector, lr `--lora_lr`; `--train_also`
+regexes of base params trained in full with them, e.g. the tied embedding), optionally QLoRA
 (`--qlora int8`). Printed: held-out accuracy per kind of row, trained parameters, checkpoint bytes
 and time. Target (issue 15): LoRA within 5 points of full fine-tuning.
 
@@ -84,7 +85,8 @@ def accuracy_benchmark(args) -> None:
   run("base", args.base_steps, args.full_lr)
   base = str(workdir / "base" / "params")
   runs = {"full": run("full", args.steps, args.full_lr, base)}
-  lora = dict(rank=args.rank, alpha=2.0 * args.rank, targets=EVERY_MATRIX)
+  lora = dict(rank=args.rank, alpha=2.0 * args.rank, targets=EVERY_MATRIX,
+              train_also=args.train_also)
   runs["lora"] = run("lora", args.steps, args.lora_lr, base, lora)
   if args.qlora:
     runs[f"qlora_{args.qlora}"] = run(f"qlora_{args.qlora}", args.steps, args.lora_lr, base,
@@ -183,9 +185,11 @@ def main() -> None:
   parser.add_argument("--base_steps", type=int, default=300)
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--full_lr", type=float, default=3e-3)
-  parser.add_argument("--lora_lr", type=float, default=1e-2)
-  parser.add_argument("--rank", type=int, default=16)
+  parser.add_argument("--lora_lr", type=float, default=3e-3)
+  parser.add_argument("--rank", type=int, default=32)
   parser.add_argument("--qlora", choices=("int8", "int4"), help="also a QLoRA run")
+  parser.add_argument("--train_also", nargs="*", default=[],
+                      help="base params trained in full next to the adapters (regexes)")
   parser.add_argument("--res", type=int, default=224)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--text", type=int, default=128)

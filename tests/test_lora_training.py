@@ -145,3 +145,21 @@ def test_convert_checkpoint_merges_adapters_into_their_base(lora_run, tmp_path):
   assert np.abs(want - np.asarray(jax.jit(PaliGemma(merged_config).apply)(
       lora.split(params)[0], *args))).max() > 1e-3  # the adapters matter
   assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_train_also_trains_base_params_in_full_from_their_pretrained_values(shapes, base,
+                                                                            tmp_path):
+  c = _lora_config(shapes, base, total_steps=2, **{"lora.train_also": ["projector/.*"]})
+  trainer.train(c, str(tmp_path))
+  saved = _leaves(tmp_path / "adapters")
+  assert {"params/projector/w", "params/projector/b"} <= set(saved)
+  assert not any("embedding" in name or name.endswith("/w") and "projector" not in name
+                 for name in saved)
+  pretrained = _leaves(base)
+  moved = np.abs(saved["params/projector/w"] - pretrained["params/projector/w"]).max()
+  assert 0 < moved < 0.5  # trained from the pretrained values, not from a random init
+  _, params = api.load_checkpoint(tmp_path / "adapters")
+  np.testing.assert_array_equal(params["params"]["projector"]["w"], saved["params/projector/w"])
+  with pytest.raises(ValueError, match="train_also 'img/.*' matches no parameter"):
+    trainer.train(_lora_config(shapes, base, **{"lora.train_also": ["img/.*"]}),
+                  str(tmp_path / "typo"))

@@ -131,6 +131,8 @@ class LoraConfig:
     the decoder's attention and MLP (`LORA_DECODER`; add `LORA_VISION` for the SigLIP tower).
   dropout: on the adapters' input, during training only (a "dropout" rng is given).
   base: the checkpoint the adapters were trained on (an adapters checkpoint loads it).
+  train_also: regexes of base params trained in full next to the adapters (peft's
+    `modules_to_save`, e.g. "projector/.*"); an adapters checkpoint holds them too.
   """
 
   rank: int = 8
@@ -138,9 +140,11 @@ class LoraConfig:
   dropout: float = 0.0
   targets: tuple[str, ...] = (LORA_DECODER,)
   base: str = ""
+  train_also: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "targets", tuple(self.targets))
+    object.__setattr__(self, "train_also", tuple(self.train_also))
     if self.rank < 1:
       raise ValueError(f"lora rank must be >= 1, got {self.rank}")
     if not self.alpha > 0:
@@ -150,11 +154,11 @@ class LoraConfig:
     if not self.targets:
       raise ValueError("lora targets is empty; give regexes of weight paths, e.g. "
                        f"{LORA_DECODER!r}")
-    for pattern in self.targets:
+    for pattern in (*self.targets, *self.train_also):
       try:
         re.compile(pattern)
       except re.error as e:
-        raise ValueError(f"lora target {pattern!r} is not a regular expression ({e})") from None
+        raise ValueError(f"lora pattern {pattern!r} is not a regular expression ({e})") from None
 
   @property
   def scale(self) -> float:

@@ -24,6 +24,7 @@ checkpoints only the adapters), `merge` folds them into the base weights for exp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,7 +65,7 @@ def adapter_delta(module: nn.Module, lora: LoraConfig, spec: str, x: jax.Array,
     return None
   if not module.is_initializing() and not module.has_variable("params", "lora_a"):
     return None
-  pdt = jnp.float32 if module.param_dtype == jnp.float32 else module.param_dtype
+  pdt = module.param_dtype
   fan_in = tuple(range(n_in))
   init_a = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=fan_in,
                                             out_axis=(n_in,))
@@ -88,19 +89,27 @@ def _is_adapter(path) -> bool:
   return str(getattr(path[-1], "key", path[-1])) in NAMES
 
 
-def split(params: Mapping) -> tuple[dict, dict]:
-  """({"params": base}, {"params": adapters}): the same tree cut in two by leaf name."""
-  def keep(tree: Mapping, adapters: bool) -> dict:
+def split(params: Mapping, also: tuple[str, ...] = ()) -> tuple[dict, dict]:
+  """({"params": base}, {"params": trained}): the same tree cut in two. Trained are the adapters
+  and the base leaves whose "/"-joined path (without "params/") fully matches a regex of `also`
+  (`LoraConfig.train_also`, peft's `modules_to_save`)."""
+  compiled = [re.compile(p) for p in also]
+
+  def trained(key: str, path: str) -> bool:
+    return key in NAMES or any(c.fullmatch(path) for c in compiled)
+
+  def keep(tree: Mapping, prefix: str, want: bool) -> dict:
     out = {}
     for key, value in tree.items():
+      path = f"{prefix}{key}"
       if isinstance(value, Mapping):
-        sub = keep(value, adapters)
+        sub = keep(value, path + "/", want)
         if sub:
           out[key] = sub
-      elif (key in NAMES) == adapters:
+      elif trained(key, path.removeprefix("params/")) == want:
         out[key] = value
     return out
-  return keep(params, False), keep(params, True)
+  return keep(params, "", False), keep(params, "", True)
 
 
 def join(base: Mapping, adapters: Mapping) -> dict:

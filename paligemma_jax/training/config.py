@@ -10,7 +10,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
         dtype: compute dtype ("bfloat16"); params are always float32 masters
         llm_dropout: big_vision's `model.llm.dropout`, the Gemma blocks' dropout rate during
             training (becomes `text.dropout`; inference never applies it)
-    init: "random" or a checkpoint (Orbax params dir or HF folder)
+    init: "random" or a checkpoint (Orbax params dir, HF folder or big_vision .npz; an npz
+        whose shapes match no published variant takes model.variant)
     tokenizer: the tokenizer.model (required)
     image_method: "hf" or "big_vision" image preprocessing
     input: {members: [...], batch_size, text_len, ...}  (data.InputConfig, global batch)
@@ -86,7 +87,10 @@ class LoraSettings:
     "llm/layers/attn/q/w"; by default the decoder's attention and MLP).
   quantize: "none" (the base in the compute dtype) or "int8" / "int4" (QLoRA: the base stored
     quantized, int4 in groups of `group_size`).
-  The base holds no optimizer state and gets no gradient; checkpoints hold the adapters alone.
+  train_also: regexes of base params trained in full with the adapters (peft's
+    `modules_to_save`, e.g. "llm/embedding" or "projector/.*"), from their pretrained values.
+  The base holds no optimizer state and gets no gradient; checkpoints hold the adapters (and the
+  `train_also` params) alone.
   """
 
   rank: int = 8
@@ -95,6 +99,7 @@ class LoraSettings:
   targets: tuple[str, ...] = (LORA_DECODER,)
   quantize: str = "none"
   group_size: int = 128
+  train_also: tuple[str, ...] = ()
 
   def __post_init__(self) -> None:
     if self.quantize not in ("none", *QUANTIZATION_KINDS):
@@ -104,7 +109,7 @@ class LoraSettings:
 
   def lora_config(self, base: str) -> LoraConfig:
     try:
-      return LoraConfig(self.rank, self.alpha, self.dropout, self.targets, base)
+      return LoraConfig(self.rank, self.alpha, self.dropout, self.targets, base, self.train_also)
     except ValueError as e:
       raise ValueError(f"config.lora: {e}") from None
 
@@ -230,9 +235,10 @@ def validate(cfg: TrainConfig, num_devices: int, process_count: int = 1) -> tupl
   mesh sizes (data, fsdp, model) with -1 resolved."""
   if not os.path.isfile(cfg.tokenizer):
     raise ValueError(f"config.tokenizer {cfg.tokenizer} is not a file; pass the tokenizer.model")
-  if cfg.from_checkpoint and not os.path.isdir(cfg.init):
-    raise ValueError(f"config.init {cfg.init} is neither 'random' nor a checkpoint directory "
-                     "(Orbax params or an HF folder); convert npz files with convert_checkpoint.py")
+  if cfg.from_checkpoint and not (os.path.isdir(cfg.init) or (os.path.isfile(cfg.init)
+                                                             and cfg.init.endswith(".npz"))):
+    raise ValueError(f"config.init {cfg.init} is neither 'random' nor a checkpoint (an Orbax "
+                     "params or HF folder, or a big_vision .npz file)")
   for i, member in enumerate(cfg.input.members):
     if member.jsonl and not os.path.isfile(os.path.expanduser(member.jsonl)):
       raise ValueError(f"config.input.members[{i}].jsonl {member.jsonl} does not exist")

@@ -2,7 +2,7 @@
 
     state = init_state(model_cfg, tx, mesh, seed)                       # random init
     state = state_from_params(model_cfg, tx, mesh, params, seed)        # pretrained params
-    config, params = load_pretrained(path, overrides, mesh)             # Orbax / HF, resampled
+    config, params = load_pretrained(path, overrides, mesh)     # Orbax / HF / npz, resampled
     base = frozen_base(model_cfg, mesh, params_or_none, seed)           # LoRA: the frozen base
 
 The state's params are what the optimizer trains: all the params, or with `config.lora` the
@@ -17,7 +17,6 @@ runs inside `jax.jit(..., out_shardings=...)`, so each device only ever allocate
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -28,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paligemma_jax import checkpoints, sharding
+from paligemma_jax import sharding
 from paligemma_jax.models import PaliGemma, PaliGemmaConfig, lora, quantize
 from paligemma_jax.models.paligemma import dummy_inputs
 
@@ -75,27 +74,33 @@ def trained_params(config: PaliGemmaConfig, key: jax.Array) -> dict:
   """The random init of the trained params: all of them, or the LoRA adapters alone (the
   base weights that init also makes are dropped by XLA under jit)."""
   params = _random_params(config.replace(quantization=None), key)
-  return params if config.lora is None else lora.split(params)[1]
+  return params if config.lora is None else split_lora(config, params)[1]
+
+
+def split_lora(config: PaliGemmaConfig, tree: dict) -> tuple[dict, dict]:
+  """(frozen base, trained) parts of a LoRA run's params-shaped tree."""
+  return lora.split(tree, config.lora.train_also)
 
 
 def trained_shardings(config: PaliGemmaConfig, mesh: Mesh) -> dict:
   shardings = sharding.param_shardings(config, mesh)
-  return shardings if config.lora is None else lora.split(shardings)[1]
+  return shardings if config.lora is None else split_lora(config, shardings)[1]
 
 
 def frozen_base(config: PaliGemmaConfig, mesh: Mesh, params: dict | None, seed: int) -> dict:
   """A LoRA run's frozen base on its shardings: `params` (pretrained, any dtype; donated) or,
   when None, the random base `init_state(config, ..., seed)` draws next to its adapters. Stored
   in the compute dtype, or quantized as `config.quantization` says (QLoRA; scales float32)."""
-  shardings = lora.split(sharding.param_shardings(config, mesh))[0]
+  shardings = split_lora(config, sharding.param_shardings(config, mesh))[0]
   plain = config.replace(quantization=None)
   dtype = config.compute_dtype
   if params is None:
     param_key = jax.random.split(jax.random.PRNGKey(seed))[0]
     with sharding.activate(mesh):
-      params = jax.jit(lambda k: lora.split(_random_params(plain, k))[0],
-                       out_shardings=lora.split(sharding.param_shardings(plain, mesh))[0]
+      params = jax.jit(lambda k: split_lora(config, _random_params(plain, k))[0],
+                       out_shardings=split_lora(config, sharding.param_shardings(plain, mesh))[0]
                        )(param_key)
+  params = split_lora(config, params)[0]  # `train_also` params are in the state
   if config.quantization is not None:
     params = quantize.quantize_params(params, config.quantization)
   cast = lambda path, x: (x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
@@ -189,33 +194,18 @@ def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
   return weights
 
 
-def load_pretrained(path: str, overrides: dict[str, Any], mesh: Mesh, dtype: str = "float32"
+def load_pretrained(path: str, overrides: dict[str, Any], mesh: Mesh, dtype: str = "float32",
+                    *, variant: str | PaliGemmaConfig | None = None
                     ) -> tuple[PaliGemmaConfig, dict]:
   """(config, params) of a checkpoint, in `dtype` (float32 masters; a LoRA base in the compute
   dtype) and sharded for `mesh`, under `overrides` (`PaliGemmaConfig.replace` fields). A
   changed `vision.image_size` resamples `pos_embed`.
 
-  Orbax params checkpoints are read straight into their shards. HF folders are read on the host
-  and then placed (convert them to Orbax first for models that do not fit one host's memory).
+  Orbax params, HF folders and big_vision npz files (`variant` completes an npz's config) are
+  all read straight into their shards, never as an unsharded copy (`pretrained.read_sharded`).
   """
-  if any(name.endswith(".safetensors") for name in os.listdir(path)):
-    from paligemma_jax.conversion import load_hf_checkpoint
-    stored, params = load_hf_checkpoint(path, param_dtype=dtype)
-    stored_shardings = sharding.param_shardings(stored, mesh)
-    params = jax.device_put(params, stored_shardings)
-  else:
-    stored = checkpoints.read_config(path)
-    if stored.quantization is not None:
-      raise ValueError(f"config.init {path} holds {stored.quantization.kind} params; fine-tune "
-                       "from the unquantized checkpoint (QLoRA: config.lora.quantize quantizes "
-                       "it)")
-    if stored.lora is not None:
-      raise ValueError(f"config.init {path} is a LoRA adapters checkpoint; start from its base "
-                       f"{stored.lora.base or '(none recorded)'}, or merge it first "
-                       "(convert_checkpoint.py --merge_lora)")
-    stored = stored.replace(param_dtype=dtype)
-    _, params = checkpoints.load_params(path, shardings=sharding.param_shardings(stored, mesh),
-                                        dtype=dtype)
+  from paligemma_jax.training.pretrained import read_sharded  # the converter loads when used
+  stored, params = read_sharded(path, mesh, dtype, variant)
   config = stored.replace(**overrides)
   new_m = config.vision.num_patches
   pos = params["params"]["vision"]["pos_embed"]

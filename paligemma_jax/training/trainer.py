@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,9 @@ from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import state as state_lib
 from paligemma_jax.training.metrics import (MetricsWriter, peak_flops_per_device, throughput,
                                             train_flops_per_example)
+from paligemma_jax.models.quantize import targets as quantize_targets
 from paligemma_jax.training.optimizer import (frozen_mask, learning_rate, make_optimizer,
-                                              optimizer_step)
+                                              optimizer_step, param_paths)
 from paligemma_jax.training.predictor import Predictor
 from paligemma_jax.training.step import StepSettings, make_train_step
 
@@ -89,7 +91,8 @@ def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: st
     overrides |= {"dtype": m.dtype, "remat": m.remat, "param_dtype": "float32"}
     try:
       model, params = state_lib.load_pretrained(cfg.init, overrides, mesh,
-                                                m.dtype if cfg.lora else "float32")
+                                                m.dtype if cfg.lora else "float32",
+                                                variant=m.variant or None)
     except ValueError as e:
       raise ValueError(f"config.init / config.model: {str(e).splitlines()[0]}") from None
     model = model.replace(param_dtype="float32")  # the trained params' (LoRA: the adapters')
@@ -162,12 +165,15 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
                     process_count=jax.process_count())
   total_steps = cfg.num_steps(host.examples_per_epoch)
   abstract_params = state_lib.abstract_state(model, _dummy_tx(), mesh).params
+  _check_train_also(model, abstract_params)
   tx = make_optimizer(cfg.optimizer, abstract_params, total_steps)
   trainable = jax.tree.map(lambda f: not f, frozen_mask(cfg.optimizer, abstract_params))
   lr_of = learning_rate(cfg.optimizer, total_steps)
 
-  base = None  # LoRA: the frozen base, outside the state
+  base, also = None, None  # LoRA: the frozen base, outside the state
   if model.lora is not None:
+    if pretrained is not None and start is None and model.lora.train_also:
+      also = state_lib.split_lora(model, pretrained)[1]  # trained from their pretrained values
     base = state_lib.frozen_base(model, mesh, pretrained, cfg.seed)
     pretrained = None
   if start is not None:
@@ -179,6 +185,9 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
     start = 0
     if pretrained is None:
       state = state_lib.init_state(model, tx, mesh, cfg.seed)
+      if also:
+        state = state_lib.state_from_params(model, tx, mesh, lora.join(state.params, also),
+                                            cfg.seed)
     else:
       state = state_lib.state_from_params(model, tx, mesh, pretrained, cfg.seed)
       del pretrained
@@ -199,6 +208,21 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
     if jax.process_index() == 0:
       _plot_loss(workdir)
   return last
+
+
+def _check_train_also(model: PaliGemmaConfig, trained: dict) -> None:
+  if model.lora is None:
+    return
+  names = jax.tree.leaves(param_paths(trained))
+  for pattern in model.lora.train_also:
+    if not any(re.fullmatch(pattern, n) for n in names):
+      raise ValueError(f"config.lora.train_also {pattern!r} matches no parameter; paths look like "
+                       "llm/embedding, projector/w, vision/layers/norm1/scale")
+    if model.quantization is not None and any(
+        re.fullmatch(pattern, n) and re.fullmatch(t, n)
+        for n in names for t, _ in quantize_targets(model.quantization)):
+      raise ValueError(f"config.lora.train_also {pattern!r} names weights that "
+                       "config.lora.quantize stores quantized; train them with adapters instead")
 
 
 def _save_final(workdir: str, model: PaliGemmaConfig, params: dict, base: dict | None) -> None:
