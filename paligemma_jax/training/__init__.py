@@ -4,6 +4,7 @@ loss.py: big_vision's loss (vocab-chunked cross-entropy, per-example then batch 
 optimizer.py: big_vision's optax chain (clip, optimizer, lr, multipliers, decoupled weight decay,
 schedule, freezing) from typed configs.
 metrics.py: metrics.jsonl + TensorBoard writing, the MFU's FLOP count and peak table.
+pretrained.py: pretrained params (Orbax, HF, npz) read straight into their shards.
 """
 
 from paligemma_jax.training.loss import (ShiftedText, bv_loss, hf_loss, shift_for_loss,
@@ -25,6 +26,7 @@ from paligemma_jax.training.predictor import Predictor
 _CONFIG_NAMES = ("MeshSettings", "ModelSettings", "TrainConfig", "model_config",
                  "parse_train_config", "validate")
 _TRAINER_NAMES = ("NonFiniteError", "initialize_distributed", "train")
+_PRETRAINED_NAMES = ("place_source", "read_sharded")  # the converter, imported on first use
 
 
 def __getattr__(name: str):
@@ -35,13 +37,17 @@ def __getattr__(name: str):
   if name in _TRAINER_NAMES:
     from paligemma_jax.training import trainer
     return getattr(trainer, name)
+  if name in _PRETRAINED_NAMES:
+    from paligemma_jax.training import pretrained
+    return getattr(pretrained, name)
   raise AttributeError(f"module 'paligemma_jax.training' has no attribute {name!r}")
 
 
 __all__ = [
     "MeshSettings", "ModelSettings", "TrainConfig", "model_config", "parse_train_config",
     "validate", "TrainState", "abstract_state", "init_state", "load_pretrained",
-    "resample_posemb", "state_from_params", "state_shardings", "StepSettings", "batch_loss",
+    "resample_posemb", "place_source", "read_sharded", "state_from_params", "state_shardings",
+    "StepSettings", "batch_loss",
     "loss_and_grads", "make_train_step", "Predictor", "NonFiniteError",
     "initialize_distributed", "train",
     "ShiftedText", "bv_loss", "hf_loss", "shift_for_loss", "token_losses",

@@ -11,7 +11,7 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
         llm_dropout: big_vision's `model.llm.dropout`, the Gemma blocks' dropout rate during
             training (becomes `text.dropout`; inference never applies it)
     init: "random" or a checkpoint (Orbax params dir, HF folder or big_vision .npz; an npz
-        whose shapes match no published variant takes model.variant)
+        takes model.variant, or else the published variant its shapes match)
     tokenizer: the tokenizer.model (required)
     image_method: "hf" or "big_vision" image preprocessing
     input: {members: [...], batch_size, text_len, ...}  (data.InputConfig, global batch)
