@@ -22,7 +22,6 @@ with remat fit one 16 GB device.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -132,22 +131,12 @@ def step_memory(config, batch: int, text: int) -> dict[str, float]:
       base = jax.tree_util.tree_map_with_path(
           lambda p, x: x if str(p[-1].key) == "w_scale" or not jnp.issubdtype(x.dtype, jnp.floating)
           else jax.ShapeDtypeStruct(x.shape, config.compute_dtype), base)
-  m = config.vision.num_patches
-  s = m + text
-  shapes = {"tokens": ((batch, s), jnp.int32), "input_mask": ((batch, s), jnp.bool_),
-            "mask_ar": ((batch, s), jnp.int32), "mask_loss": ((batch, s), jnp.int32),
-            "images": ((batch, 1, config.vision.image_size, config.vision.image_size, 3),
-                       jnp.float32)}
-  abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
   trainable = jax.tree.map(lambda _: True, trained)
-  fn = functools.partial(step_lib.train_step, config, tx, lambda _: jnp.float32(1e-5), trainable,
-                         step_lib.StepSettings(loss_start=m))
-  with sharding.activate(mesh):
-    compiled = jax.jit(fn, donate_argnums=0).lower(state, abstract_batch, base).compile()
+  compiled = step_lib.compile_on_shapes(config, tx, trainable, mesh, state,
+                                        step_lib.abstract_batch(config, batch, text), base)
   a = compiled.memory_analysis()
   nbytes = lambda tree: sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-  peak = (a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes
-          + a.temp_size_in_bytes)
+  peak = step_lib.peak_bytes(compiled)
   return {"trained": nbytes(state.params) / 1e9, "opt": nbytes(state.opt_state) / 1e9,
           "base": nbytes(base) / 1e9 if base is not None else 0.0,
           "temp": a.temp_size_in_bytes / 1e9, "peak": peak / 1e9}

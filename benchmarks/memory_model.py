@@ -27,7 +27,6 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
                              + " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import cpu_description  # noqa: E402
@@ -61,23 +60,11 @@ def compiled_memory(config: PaliGemmaConfig, batch: int, text: int, remat: str, 
   tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=1000)
   trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
   state = state_lib.abstract_state(config, tx, mesh)
-  m = config.vision.num_patches
-  b, s, res = batch * fsdp, m + text, config.vision.image_size
-  shapes = {"tokens": ((b, s), jnp.int32), "input_mask": ((b, s), jnp.bool_),
-            "mask_ar": ((b, s), jnp.int32), "mask_loss": ((b, s), jnp.int32),
-            "images": ((b, 1, res, res, 3), jnp.float32)}
-  abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype,
-                                            sharding=sharding.batch_sharding(mesh, len(shape)))
-                    for k, (shape, dtype) in shapes.items()}
-  settings = step_lib.StepSettings(loss_start=m)
-  fn = lambda st, bt: step_lib.train_step(config, tx, lambda _: jnp.float32(1e-5), trainable,
-                                          settings, st, bt)
-  with sharding.activate(mesh):
-    compiled = jax.jit(fn, donate_argnums=0).lower(state, abstract_batch).compile()
+  abstract = step_lib.abstract_batch(config, batch * fsdp, text, mesh)
+  compiled = step_lib.compile_on_shapes(config, tx, trainable, mesh, state, abstract)
   a = compiled.memory_analysis()
   return {"args": a.argument_size_in_bytes, "temp": a.temp_size_in_bytes,
-          "peak": (a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes
-                   + a.temp_size_in_bytes)}
+          "peak": step_lib.peak_bytes(compiled)}
 
 
 # (variant, layers per tower, per-device batch, text, remat, fsdp)

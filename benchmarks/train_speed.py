@@ -35,7 +35,6 @@ and a reduced-depth model, on one device (the CPU).
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import os
 import resource
@@ -271,19 +270,8 @@ def step_memory(config, batch: int, text: int, remat: str, freeze_embedding: boo
   tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=1000)
   trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
   state = state_lib.abstract_state(config, tx, mesh)
-  m = config.vision.num_patches
-  s = m + text
-  batch_shapes = {"tokens": ((batch, s), jnp.int32), "input_mask": ((batch, s), jnp.bool_),
-                  "mask_ar": ((batch, s), jnp.int32), "mask_loss": ((batch, s), jnp.int32),
-                  "images": ((batch, 1, config.vision.image_size, config.vision.image_size, 3),
-                             jnp.float32)}
-  abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype)
-                    in batch_shapes.items()}
-  settings = step_lib.StepSettings(loss_start=m)
-  fn = functools.partial(step_lib.train_step, config, tx, lambda _: jnp.float32(LR), trainable,
-                         settings)
-  with sharding.activate(mesh):
-    compiled = jax.jit(fn, donate_argnums=0).lower(state, abstract_batch).compile()
+  compiled = step_lib.compile_on_shapes(config, tx, trainable, mesh, state,
+                                        step_lib.abstract_batch(config, batch, text))
   analysis = compiled.memory_analysis()
   return {"params": _nbytes(state.params), "opt": _nbytes(state.opt_state),
           "args": analysis.argument_size_in_bytes, "out": analysis.output_size_in_bytes,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -59,19 +58,8 @@ def _compiled_peak(config, batch: int, text: int, remat: str) -> int:
   tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=10)
   trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
   state = state_lib.abstract_state(config, tx, mesh)
-  m, res = config.vision.num_patches, config.vision.image_size
-  s = m + text
-  batch_shapes = {"tokens": ((batch, s), jnp.int32), "input_mask": ((batch, s), jnp.bool_),
-                  "mask_ar": ((batch, s), jnp.int32), "mask_loss": ((batch, s), jnp.int32),
-                  "images": ((batch, 1, res, res, 3), jnp.float32)}
-  abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype)
-                    for k, (shape, dtype) in batch_shapes.items()}
-  fn = lambda st, bt: step_lib.train_step(config, tx, lambda _: jnp.float32(1e-5), trainable,
-                                          step_lib.StepSettings(loss_start=m), st, bt)
-  with S.activate(mesh):
-    a = jax.jit(fn, donate_argnums=0).lower(state, abstract_batch).compile().memory_analysis()
-  return (a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes
-          + a.temp_size_in_bytes)
+  return step_lib.peak_bytes(step_lib.compile_on_shapes(
+      config, tx, trainable, mesh, state, step_lib.abstract_batch(config, batch, text)))
 
 
 def test_peak_is_near_the_compiled_step():

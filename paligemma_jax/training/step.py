@@ -34,6 +34,7 @@ unchanged except `step`) and `metrics["finite"]` is 0; the trainer skips or stop
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -205,3 +206,36 @@ def make_train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
       return jitted(state, {k: batch[k] for k in BATCH_KEYS}, base)
 
   return step
+
+
+# -- the step compiled on shapes alone (memory analyses) ---------------------------------------
+
+def abstract_batch(config: PaliGemmaConfig, batch: int, text_len: int, mesh: Mesh | None = None
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a batch of `batch` rows of one image and `text_len` text tokens after its image
+  placeholders; on `mesh`'s (data, fsdp) axes when given."""
+  s, r = config.vision.num_patches + text_len, config.vision.image_size
+  shapes = {"tokens": ((batch, s), jnp.int32), "input_mask": ((batch, s), jnp.bool_),
+            "mask_ar": ((batch, s), jnp.int32), "mask_loss": ((batch, s), jnp.int32),
+            "images": ((batch, 1, r, r, 3), jnp.float32)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=None if mesh is None else
+                                  sharding.batch_sharding(mesh, len(shape)))
+          for k, (shape, dtype) in shapes.items()}
+
+
+def compile_on_shapes(config: PaliGemmaConfig, tx: optax.GradientTransformation, trainable: Any,
+                      mesh: Mesh, state: TrainState, batch: Mapping[str, jax.ShapeDtypeStruct],
+                      base: dict | None = None) -> jax.stages.Compiled:
+  """`train_step` (state donated, images-first loss start) compiled on abstract state, batch and
+  LoRA base: nothing is allocated; `.memory_analysis()` gives what one device needs."""
+  settings = StepSettings(loss_start=config.vision.num_patches)
+  fn = functools.partial(train_step, config, tx, lambda _: jnp.float32(0), trainable, settings)
+  with sharding.activate(mesh):
+    return jax.jit(fn, donate_argnums=0).lower(state, batch, base).compile()
+
+
+def peak_bytes(compiled: jax.stages.Compiled) -> int:
+  """Arguments + outputs - donated (aliased) + temporaries of a compiled program."""
+  a = compiled.memory_analysis()
+  return (a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes
+          + a.temp_size_in_bytes)
