@@ -3,32 +3,18 @@ alone, an interrupted run resumes bit for bit, and the adapters load (and merge)
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-import compile_cache
 from paligemma_jax import api, checkpoints
 from paligemma_jax.data.tokenizer import Tokenizer
 from paligemma_jax.models import init_params, lora
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import trainer
-from paligemma_jax.training.demo_data import ensure_demo_data
-from test_trainer import tiny_config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  with compile_cache.compilation_cache(str(tmp_path_factory.mktemp("jax_cache"))) as directory:
-    yield directory
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict[str, str]:
-  return ensure_demo_data(tmp_path_factory.mktemp("shapes"), num_train=24, num_test=4)
+from test_trainer import _records, compilation_cache, shapes, tiny_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +48,7 @@ def lora_run(shapes, base, tmp_path_factory):
 
 def test_lora_trains_the_adapters_alone_and_saves_them_with_their_base(lora_run, base):
   workdir, _ = lora_run
-  records = [r for r in trainer_records(workdir) if "train_loss" in r]
+  records = [r for r in _records(workdir) if "train_loss" in r]
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   adapters = _leaves(workdir / "adapters")
   assert adapters and all(name.rsplit("/", 1)[1] in lora.NAMES for name in adapters)
@@ -81,12 +67,6 @@ def test_lora_trains_the_adapters_alone_and_saves_them_with_their_base(lora_run,
   for name, value in checkpoints._flat(base_params).items():
     np.testing.assert_array_equal(np.asarray(value), want[name], err_msg=name)
   assert len(checkpoints._flat(got_adapters)) == len(adapters)
-
-
-def trainer_records(workdir):
-  import json
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_interrupted_lora_run_resumes_bit_for_bit(shapes, base, lora_run, tmp_path):
