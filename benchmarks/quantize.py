@@ -16,6 +16,7 @@ timings are of a shared CPU and rough. The CPU's name and flags are printed with
 
     python benchmarks/quantize.py
     python benchmarks/quantize.py --skip_model        # the byte table only
+    python benchmarks/quantize.py --skip_quality --int4_groups   # int8 vs bf16 decode speed only
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--group_size", type=int, default=128, help="int4 group of the byte table")
-  parser.add_argument("--int4_groups", type=int, nargs="+", default=[128, 32],
-                      help="int4 group sizes measured on the reduced-depth model")
+  parser.add_argument("--int4_groups", type=int, nargs="*", default=[128, 32],
+                      help="int4 group sizes measured on the reduced-depth model (none: int8 only)")
   parser.add_argument("--quality_batch", type=int, default=2)
   parser.add_argument("--quality_text", type=int, default=16)
   parser.add_argument("--text", type=int, default=16)
   parser.add_argument("--new_tokens", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip_model", action="store_true")
+  parser.add_argument("--skip_quality", action="store_true", help="timings only")
   args = parser.parse_args()
   print(f"CPU: {cpu_description()}")
   byte_table(args.group_size)
@@ -139,7 +141,8 @@ def main() -> None:
     variants[name] = (config.replace(quantization=quant), quantize.quantize_params(params, quant))
   print(f"model: PaliGemma 1 widths, {args.layers} layers each, vocab {VOCAB}, random bf16 "
         "weights (fan-in init); only the decoder's matmul weights quantized")
-  quality(config, variants, args.quality_batch, args.quality_text)
+  if not args.skip_quality:
+    quality(config, variants, args.quality_batch, args.quality_text)
   speed(variants, args.text, args.new_tokens, args.repeats)
 
 

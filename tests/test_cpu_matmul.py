@@ -1,17 +1,20 @@
 """The CPU decode kernels (models/cpu_matmul): equal to XLA's einsum, used only where they apply,
 differentiable, and a bf16 decode through them matches one without them, on every CPU path this
 machine can run (`cpu_path`: AVX2 kernels everywhere they run, AVX-512 BF16 ones where the CPU
-has them; prefill GEMMs in f32 or bf16)."""
+has them; prefill GEMMs in f32 or bf16), and the fused int8 kernel equals the dequantized
+einsum, runs where it applies, and decodes as the unfused path does."""
 
 import importlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from paligemma_jax.inference.decode import decode_tokens
-from paligemma_jax.models import cpu_matmul, cpu_path
+from paligemma_jax.models import cpu_matmul, cpu_path, layers, quantize
+from paligemma_jax.models.config import QuantizationConfig
 from model_fixtures import PG2, PG2_WINDOW, assert_greedy_tokens_agree, make_batch, random_params
 
 pytestmark = pytest.mark.skipif(not cpu_matmul._cpu_supported(),
@@ -223,3 +226,94 @@ def test_bf16_beam_search_matches_beam_search_without_kernels(monkeypatch):
   without = run()
   np.testing.assert_array_equal(with_kernels.tokens, without.tokens)
   np.testing.assert_allclose(with_kernels.scores, without.scores, rtol=2e-2)
+
+
+# -- weight-only int8: quantize.py's values read by the fused kernel ---------------------------
+
+INT8 = QuantizationConfig("int8")
+INT8_CASES = [CASES[0], CASES[1], CASES[2], CASES[3], CASES[6]]  # the NN products, odd sizes
+
+
+def _int8(key: int, spec: str, w_shape: tuple[int, ...], stack: int = 0) -> dict:
+  """quantize.py's int8 dict of a random weight of `spec` ([stack, *w_shape] when stack)."""
+  lhs, rhs = spec.split("->")[0].split(",")
+  contracted = [i for i, a in enumerate(rhs) if a in lhs]
+  shape = (stack, *w_shape) if stack else w_shape
+  w = jax.random.normal(jax.random.key(key), shape, jnp.float32)
+  lead = contracted[0] + (1 if stack else 0)  # axes before the contraction: per-channel too
+  return quantize.quantize_weight(w, len(contracted), INT8, lead)
+
+
+def _dequantized_einsum(spec: str, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+  w = q.astype(jnp.float32) * scale
+  return jnp.einsum(spec, x.astype(jnp.float32), w, precision="highest")
+
+
+@pytest.mark.parametrize("x_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("spec,x_shape,w_shape", INT8_CASES)
+def test_int8_kernel_equals_dequantized_einsum(spec, x_shape, w_shape, x_dtype):
+  x = _rand(0, x_shape).astype(x_dtype)
+  q = _int8(1, spec, w_shape)
+  run = jax.jit(lambda x, q, s: cpu_matmul.einsum_int8(spec, x, q, s))
+  got = run(x, q["w_int8"], q["w_scale"])
+  want = _dequantized_einsum(spec, x, q["w_int8"], q["w_scale"])
+  assert got.dtype == jnp.float32 and got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  assert "paligemma_cpu_nn_int8" in run.lower(x, q["w_int8"], q["w_scale"]).as_text()
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", [INT8_CASES[1], INT8_CASES[3]])
+def test_int8_kernel_reads_a_layer_of_a_stack_in_place(spec, x_shape, w_shape):
+  x, q = _rand(0, x_shape), _int8(1, spec, w_shape, stack=3)
+  for layer in range(3):
+    run = jax.jit(lambda x, s, c, i=layer: cpu_matmul.einsum_int8(
+        spec, x, cpu_matmul.LayerSlice(s, i), c[i]))
+    got = run(x, q["w_int8"], q["w_scale"])
+    want = cpu_matmul.einsum_int8(spec, x, q["w_int8"][layer], q["w_scale"][layer])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int8_einsum_runs_the_kernel_only_where_it_applies():
+  spec, module = "BTD,DF->BTF", layers.Einsum((40, 72), ("embed", "mlp"), dtype=jnp.bfloat16,
+                                              param_dtype=jnp.bfloat16)
+  few, many = _rand(0, (2, 1, 40)), _rand(0, (cpu_matmul.MAX_ROWS + 1, 1, 40))
+  w = nn.unbox(module.init(jax.random.key(1), spec, few))["params"]["w"]
+  params = {"params": quantize.quantize_weight(w, 1, INT8)}
+  run = jax.jit(lambda p, x: module.apply(p, spec, x))
+  fused = lambda x: "paligemma_cpu_nn_int8" in run.lower(params, x).as_text()
+  assert fused(few) and not fused(many)  # prefill-sized: dequantized, XLA's GEMM
+  got = run(params, few)
+  with cpu_path.forced(kernels="off"):  # PALIGEMMA_JAX_CPU_KERNELS=off
+    assert not fused(few)
+    unfused = run(params, few)
+  # the unfused path multiplies bf16-rounded weights: within bf16 rounding of each other
+  want = _dequantized_einsum(spec, few, params["params"]["w_int8"], params["params"]["w_scale"])
+  np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=1e-2,
+                             atol=1e-2 * float(jnp.abs(want).max()))
+  np.testing.assert_allclose(unfused.astype(jnp.float32), want, rtol=2e-2,
+                             atol=2e-2 * float(jnp.abs(want).max()))
+  grad = jax.grad(lambda x: jnp.sum(module.apply(params, spec, x).astype(jnp.float32)))(few)
+  want_grad = jnp.broadcast_to(jnp.sum(params["params"]["w_int8"] * params["params"]["w_scale"],
+                                       axis=1), few.shape)
+  np.testing.assert_allclose(grad.astype(jnp.float32), want_grad, rtol=2e-2, atol=2e-2)
+
+
+def test_int8_decode_matches_unfused_decode(monkeypatch):
+  config = PG2_WINDOW.replace(dtype="bfloat16", param_dtype="bfloat16")
+  qconfig, qparams = quantize.quantize_loaded(config, random_params(config), INT8)
+  batch = make_batch(qconfig, batch=3, suffix_len=0)
+  args = (qparams, batch["tokens"], batch["images"], batch["input_mask"], batch["mask_ar"])
+  kwargs = dict(config=qconfig, max_new_tokens=6, eos_id=-1)
+  program = decode_tokens.lower(*args, **kwargs).compile().as_text()
+  assert "paligemma_cpu_nn_int8" in program
+  # the decoder's int8 stacks are read in place (LayerSlice), not copied out layer by layer
+  stacks = [a for a in jax.tree.leaves(qparams["params"]["llm"]["layers"]) if a.dtype == jnp.int8]
+  assert all(f"s8[{','.join(map(str, a.shape[1:]))}]" not in program for a in stacks)
+  fused = decode_tokens(*args, keep_logits=True, **kwargs)
+  monkeypatch.setattr(cpu_matmul, "einsum_int8", lambda *a: None)
+  jax.clear_caches()
+  unfused = decode_tokens(*args, keep_logits=True, **kwargs)
+  scale = float(jnp.abs(unfused.logits).max())
+  np.testing.assert_allclose(fused.logits, unfused.logits, atol=2e-2 * scale)
+  assert assert_greedy_tokens_agree(fused.tokens, unfused.tokens, unfused.logits,
+                                    4e-2 * scale) > 0

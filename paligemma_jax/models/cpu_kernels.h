@@ -97,7 +97,8 @@ void Parallel(int64_t n, int64_t grain, int threads, Fn fn) {
 // Whether w holds whole layers of `size` elements and `layer` is one of them. w comes in its own
 // shape (the output's shape says how to read it): reshaping a stack in the graph made XLA copy it
 // when a decode loop took it as an operand.
-inline bool InStack(const xla::ffi::Buffer<xla::ffi::BF16>& w, int64_t layer, int64_t size) {
+template <typename Buffer>
+bool InStack(const Buffer& w, int64_t layer, int64_t size) {
   const int64_t n = static_cast<int64_t>(w.element_count());
   return size > 0 && n % size == 0 && layer >= 0 && layer < n / size;
 }
@@ -108,9 +109,9 @@ inline bool InStack(const xla::ffi::Buffer<xla::ffi::BF16>& w, int64_t layer, in
 // thread ran what. Splitting output columns instead left narrow outputs (down projection: 2048 of
 // them) with short runs per row: measured 13-15 GB/s, against ~30 for whole rows. Pieces start
 // at multiples of `align` rows. rows(x + c0, x_stride, M, c1 - c0, w_rows, F, y, y_stride) adds
-// x[:, c0:c1] . w_rows to y.
-template <typename X, typename Rows>
-void SplitContraction(const X* x, int64_t M, int64_t C, int64_t L, int64_t F, const uint16_t* w,
+// x[:, c0:c1] . w_rows to y. W is the weights' storage (bf16 bits, or int8 values).
+template <typename X, typename W, typename Rows>
+void SplitContraction(const X* x, int64_t M, int64_t C, int64_t L, int64_t F, const W* w,
                       float* y, int threads, int64_t align, Rows rows) {
   const int64_t total = L * C, size = M * L * F;
   const int64_t pieces = std::clamp<int64_t>(total * F / (1 << 18), 1, 8);  // >= 512 KB each

@@ -8,10 +8,16 @@
 // output columns, L leading weight axes (batched matrices, e.g. attention heads).
 //
 //   PgMatmulNN: y[M, L, F] = x[M, C] . w[layer, L, C, F]  (big_vision layout: contraction first)
+//   PgMatmulNNInt8: y[M, L, F] = (x[M, C] . q[layer, L, C, F]) * scale[L, F]  (int8 weights)
 //   PgMatmulNT: y[M, F]    = x[M, C] . w[layer, F, C]^T   (the embedding used as the LM head)
 //   PgWiden:    y[...]     = f32(w[layer, ...])           (a prefill GEMM's operand, see .py)
 //   PgCopyLayer: y[...]    = w[layer, ...]                (the same, where bf16 GEMMs are faster)
 //   PgTakeRows: y[N, D]    = table[ids[N], D]             (the embedding lookup; see cpu_matmul.py)
+//
+// PgMatmulNNInt8 is the same product over weight-only int8 weights (models/quantize.py): one
+// scale per output channel factors out of each dot product, so the kernel sums x . q over the
+// int8 values (sign-extended and converted 8 at a time: exact in f32) and scales once at the
+// end. It streams half the bytes of the bf16 kernel.
 //
 // The weights may be a stack of layers (a leading axis), read in place at `layer`; a plain matrix
 // is a stack of one. A decode loop that sliced the layer out would make XLA copy it first.
@@ -50,6 +56,13 @@ inline float Widen1(uint16_t v) {
   return f;
 }
 
+inline __m256 Widen(const int8_t* p) {  // 8 int8 -> 8 f32 (exact)
+  __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+
+inline float Widen1(int8_t v) { return static_cast<float>(v); }
+
 // Output columns per block. The accumulators (up to 4 x 64 KB) live in L2; wide blocks keep each
 // weight row's reads long and sequential (measured at one row on 2 cores: 1024 columns 19 GB/s,
 // 4096 29 GB/s, 16384 34 GB/s).
@@ -57,9 +70,9 @@ constexpr int64_t kCols = 16384;
 
 // Adds rows [0, R) of x[:, :C] . w[:C, f0:f1] to y[:, f0:f1] (x's rows are x_stride apart, w's
 // F). Four weight rows are folded into each pass over the accumulators, so the cache traffic per
-// weight stays low; R <= 4.
-template <int R>
-void NNBlock(const float* x, int64_t x_stride, int64_t C, const uint16_t* w, int64_t F, float* y,
+// weight stays low; R <= 4. W: bf16 bits (uint16_t) or int8 values.
+template <int R, typename W>
+void NNBlock(const float* x, int64_t x_stride, int64_t C, const W* w, int64_t F, float* y,
              int64_t y_stride, int64_t f0, int64_t f1) {
   static thread_local std::vector<float> scratch(4 * kCols + 8);  // too big for the stack
   auto* acc = reinterpret_cast<float (*)[kCols]>(
@@ -68,7 +81,7 @@ void NNBlock(const float* x, int64_t x_stride, int64_t C, const uint16_t* w, int
   for (int r = 0; r < R; ++r) std::fill(acc[r], acc[r] + width, 0.0f);
   for (int64_t c = 0; c < C; c += 4) {
     const int k = static_cast<int>(std::min<int64_t>(4, C - c));
-    const uint16_t* wr[4];
+    const W* wr[4];
     __m256 b[R][4];
     for (int i = 0; i < 4; ++i) {
       wr[i] = w + (c + std::min(i, k - 1)) * F + f0;  // a short tail repeats a row with weight 0
@@ -99,7 +112,8 @@ void NNBlock(const float* x, int64_t x_stride, int64_t C, const uint16_t* w, int
   }
 }
 
-void NNRows(const float* x, int64_t x_stride, int64_t M, int64_t C, const uint16_t* w, int64_t F,
+template <typename W>
+void NNRows(const float* x, int64_t x_stride, int64_t M, int64_t C, const W* w, int64_t F,
             float* y, int64_t y_stride, int64_t f0, int64_t f1) {
   // Groups of up to 4 rows, each a pass over the block's weights (C x kCols, larger than the
   // caches). At 5-8 rows the kernel is bound by FMAs, not memory: one 8-row pass (broadcasts
@@ -200,6 +214,37 @@ ffi::Error MatmulNN(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   return ffi::Error::Success();
 }
 
+// As MatmulNN over int8 weights, then y[m, l, f] *= scale[l, f] (scale holds one layer's L * F
+// per-output-channel scales; the caller slices a stack's, which are small).
+ffi::Error MatmulNNInt8(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
+                        ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y, int64_t layer,
+                        int64_t threads) {
+  auto xd = x.dimensions();
+  auto yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 3 || !InStack(w, layer, yd[1] * xd[1] * yd[2]) ||
+      static_cast<int64_t>(scale.element_count()) != yd[1] * yd[2]) {
+    return ffi::Error::InvalidArgument(
+        "PgMatmulNNInt8 wants x[M, C], q[layers, L, C, F], scale[L, F], y[M, L, F]");
+  }
+  const int64_t M = xd[0], C = xd[1], L = yd[1], F = yd[2];
+  const int8_t* wp = w.typed_data() + layer * L * C * F;
+  float* yp = y->typed_data();
+  SplitContraction(x.typed_data(), M, C, L, F, wp, yp, static_cast<int>(threads), 1,
+                   [](const float* x, int64_t xs, int64_t m, int64_t c, const int8_t* w,
+                      int64_t f, float* y, int64_t ys) { NNRows(x, xs, m, c, w, f, y, ys, 0, f); });
+  const float* sp = scale.typed_data();
+  const int64_t n = L * F, vec = n / 8 * 8;
+  for (int64_t m = 0; m < M; ++m) {
+    float* row = yp + m * n;
+    int64_t i = 0;
+    for (; i < vec; i += 8) {
+      _mm256_storeu_ps(row + i, _mm256_mul_ps(_mm256_loadu_ps(row + i), _mm256_loadu_ps(sp + i)));
+    }
+    for (; i < n; ++i) row[i] *= sp[i];
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error MatmulNT(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
                     ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
@@ -279,6 +324,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNN, MatmulNN,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNNInt8, MatmulNNInt8,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("layer")
                                   .Attr<int64_t>("threads"));

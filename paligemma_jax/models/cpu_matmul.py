@@ -13,8 +13,9 @@ compiles them on first use (g++, cached under ~/.cache/paligemma_jax), registers
 usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
 batch axes, a CPU path without kernels (no AVX2/FMA, no compiler, `PALIGEMMA_JAX_CPU_KERNELS=off`).
 Gradients go through the plain einsum (custom VJP), so training code may call it too.
-`LayerSlice` hands the kernels one layer of a stacked weight to read in place, and `take_rows`
-is the embedding lookup (see their sections).
+`einsum_int8` is the same for weight-only int8 weights (`quantize`), which it reads as they are:
+half the bytes of bf16. `LayerSlice` hands the kernels one layer of a stacked weight to read in
+place, and `take_rows` is the embedding lookup (see their sections).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from paligemma_jax.models import cpu_path
 
@@ -49,7 +51,8 @@ class _Library:
 # and the AVX-512 BF16 one (bf16 activations); `cpu_path` says which matmuls run.
 _LIBRARIES = {
     "avx2": _Library("cpu_matmul.cc", ("-mavx2", "-mfma"),
-                     {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "widen": "PgWiden",
+                     {"nn": "PgMatmulNN", "nt": "PgMatmulNT", "nn_int8": "PgMatmulNNInt8",
+                      "widen": "PgWiden",
                       "copy": "PgCopyLayer", "take": "PgTakeRows"}),
     "avx512bf16": _Library("cpu_matmul_bf16.cc",
                            ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
@@ -159,9 +162,8 @@ class _Plan:
   def run(self, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array:
     # The kernels read w in its own shape (the output's shape says how to), and a LayerSlice's
     # layer out of its stack: a plain matrix is a stack of one.
-    stack, layer = (w.stack, w.layer) if isinstance(w, LayerSlice) else (w, 0)
-    x_MxC = jnp.transpose(x, [self.lhs.index(a) for a in self.free + self.contracted])
-    x_MxC = x_MxC.reshape(self.rows, self.c)
+    stack, layer = _stack_and_layer(w)
+    x_MxC = self._rows(x)
     # bf16 activations go to the AVX-512 BF16 kernels where the CPU path has them; others (f32
     # activations, AVX2 CPUs) to the f32 kernels.
     suffix = "_bf16" if x.dtype == jnp.bfloat16 and _bf16_kernels() else ""
@@ -169,9 +171,31 @@ class _Plan:
       y = _call("nn" + suffix, x_MxC, stack, layer, (self.rows, self.l, self.f))
     else:  # contraction is w's minor block: rows of w are contiguous dot products
       y = _call("nt" + suffix, x_MxC, stack, layer, (self.rows, self.l))
+    return self._out(y)
+
+  def run_int8(self, x: jax.Array, q: "jax.Array | LayerSlice", scale: jax.Array) -> jax.Array:
+    """The NN product over int8 `q` times per-output-channel `scale` (q's shape with the
+    contracted axes 1: L x F values). f32 activations, as the AVX2 kernels take them."""
+    stack, layer = _stack_and_layer(q)
+    call = jax.ffi.ffi_call("paligemma_cpu_nn_int8",
+                            jax.ShapeDtypeStruct((self.rows, self.l, self.f), jnp.float32),
+                            vmap_method="sequential")
+    y = call(self._rows(x).astype(jnp.float32), stack, scale.astype(jnp.float32),
+             layer=layer, threads=_threads())
+    return self._out(y)
+
+  def _rows(self, x: jax.Array) -> jax.Array:
+    x_MxC = jnp.transpose(x, [self.lhs.index(a) for a in self.free + self.contracted])
+    return x_MxC.reshape(self.rows, self.c)
+
+  def _out(self, y: jax.Array) -> jax.Array:
     got = self.free + self.lead + self.trail
     y = y.reshape([self.size[a] for a in got])
     return jnp.transpose(y, [got.index(a) for a in self.out])
+
+
+def _stack_and_layer(w: "jax.Array | LayerSlice") -> tuple[jax.Array, int]:
+  return (w.stack, w.layer) if isinstance(w, LayerSlice) else (w, 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -205,6 +229,54 @@ def einsum(spec: str, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array | 
   return plan.run(x, w) if isinstance(w, LayerSlice) else _kernel_einsum(spec, x, w)
 
 
+# -- weight-only int8 -----------------------------------------------------------------------------
+#
+# `quantize`'s int8 weights were dequantized to the compute dtype inside each einsum, on every
+# decode step: XLA wrote a bf16 copy of the weight and the bf16 kernel read it back, so int8
+# decoding ran at 0.5-0.7x bf16's speed. One scale per output channel factors out of each dot
+# product, y[m, f] = scale[f] * sum_c x[m, c] q[c, f], so the kernel reads the int8 values
+# directly and scales the sums: the same result up to f32 summation order (and, for bf16
+# activations, x is taken in f32 rather than multiplied against a bf16-rounded weight).
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _int8_einsum(spec: str, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+  return _Plan(spec, x.shape, q.shape).run_int8(x, q, scale)
+
+
+def _int8_forward(spec, x, q, scale):
+  return _int8_einsum(spec, x, q, scale), (x, q, scale)
+
+
+def _int8_backward(spec, residuals, g):
+  # Through x only (a frozen QLoRA base): the integers and their scales get no gradient.
+  x, q, scale = residuals
+  w = (q.astype(jnp.float32) * scale).astype(x.dtype)
+  _, vjp = jax.vjp(lambda x: jnp.einsum(spec, x, w, preferred_element_type=jnp.float32), x)
+  return vjp(g)[0], np.zeros(q.shape, jax.dtypes.float0), jnp.zeros_like(scale)
+
+
+_int8_einsum.defvjp(_int8_forward, _int8_backward)
+
+
+def einsum_int8(spec: str, x: jax.Array, q: "jax.Array | LayerSlice", scale: jax.Array
+                ) -> jax.Array | None:
+  """`einsum(spec, x, q * scale)` in float32 through the fused int8 kernel, or None where it does
+  not apply (as `einsum`, and also: contraction not leading w's output axes).
+
+  `q` is `quantize`'s int8 weight (or a `LayerSlice` of a stack of them, read in place), `scale`
+  its per-output-channel scales (q's shape with the contracted axes 1).
+  """
+  if q.dtype != jnp.int8 or jax.default_backend() != "cpu":
+    return None
+  plan = _Plan(spec, x.shape, q.shape)
+  if (not plan.ok or not plan.trail or plan.rows > MAX_ROWS or scale.size != plan.l * plan.f
+      or not available()):
+    return None
+  if isinstance(q, LayerSlice):
+    return plan.run_int8(x, q, scale)
+  return _int8_einsum(spec, x, q, scale)
+
+
 # -- one layer of a stacked weight, in place ----------------------------------------------------
 #
 # Decoding runs the layers unrolled (see `inference.decode_layers`), each over its own slice of the
@@ -214,10 +286,12 @@ def einsum(spec: str, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array | 
 # kernels above read the layer where it lies, and the prefill's GEMM operand is widened from it.
 
 class LayerSlice:
-  """`stack[layer]` of a stacked bf16 weight, as a flax param leaf (shape, dtype, astype).
+  """`stack[layer]` of a stacked bf16 (or int8) weight, as a flax param leaf (shape, dtype,
+  astype).
 
   Not a pytree: flax checks a param's leaves against the layer's shape. Build it inside `jit`,
-  next to the modules that read it; `einsum_f32` runs it through `einsum` or `widen`.
+  next to the modules that read it; `einsum_f32` runs a bf16 one through `einsum` or `widen`,
+  `einsum_int8` reads an int8 one, and `quantize.quantized_weight` slices it.
   """
 
   def __init__(self, stack: jax.Array, layer: int):
@@ -253,9 +327,10 @@ class LayerSlice:
 
 
 def reads_in_place(stack: jax.Array) -> bool:
-  """Whether the CPU kernels can take layers of `stack` as `LayerSlice`s (bf16 matrices)."""
-  return (stack.dtype == jnp.bfloat16 and stack.ndim >= 3 and jax.default_backend() == "cpu"
-          and available())
+  """Whether the CPU kernels can take layers of `stack` as `LayerSlice`s (bf16 matrices, and
+  int8 ones: `quantize`'s values, read by `einsum_int8` or sliced where they are dequantized)."""
+  return (stack.dtype in (jnp.bfloat16, jnp.int8) and stack.ndim >= 3
+          and jax.default_backend() == "cpu" and available())
 
 
 # -- the embedding lookup ---------------------------------------------------------------------

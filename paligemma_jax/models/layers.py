@@ -69,8 +69,10 @@ class Einsum(nn.Module):
   The first `n_in` axes of `shape` are contracted with the input (they set the init's fan-in);
   the bias has the shape of the remaining, output axes. Params quantized by
   `quantize.quantize_params` (`w_int8` or `w_int4` and `w_scale` instead of `w`) are dequantized
-  to the compute dtype inside the einsum. With `lora`, the LoRA adapters (`lora.py`) the params
-  hold are added (and init creates them where `lora.targets` names this weight).
+  to the compute dtype inside the einsum, except int8 decode steps on CPU, which
+  `cpu_matmul.einsum_int8` runs on the int8 values (see there). With `lora`, the LoRA adapters
+  (`lora.py`) the params hold are added (and init creates them where `lora.targets` names this
+  weight).
   """
 
   shape: tuple[int, ...]
@@ -84,12 +86,18 @@ class Einsum(nn.Module):
   @nn.compact
   def __call__(self, spec: str, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
-    w = quantize.quantized_weight(self, self.n_in, self.dtype, after=x)  # int8 / int4 params
-    if w is None:
-      init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
-      w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
-                     self.param_dtype).astype(self.dtype)
-    y = einsum_f32(spec, x, w)
+    q = quantize.quantized_params(self)  # int8 / int4 params, or None
+    y = None
+    if q is not None and "w_int8" in q:  # few rows on CPU: the fused int8 kernel
+      y = cpu_matmul.einsum_int8(spec, x, q["w_int8"], q["w_scale"])
+    if y is None:
+      if q is not None:
+        w = quantize.quantized_weight(q, self.n_in, self.dtype, after=x)
+      else:
+        init = fan_in_init(range(self.n_in), range(self.n_in, len(self.shape)))
+        w = self.param("w", nn.with_logical_partitioning(init, self.axes), self.shape,
+                       self.param_dtype).astype(self.dtype)
+      y = einsum_f32(spec, x, w)
     if self.lora is not None:
       delta = lora.adapter_delta(self, self.lora, spec, x, self.shape, self.axes, self.n_in)
       y = y if delta is None else y + delta

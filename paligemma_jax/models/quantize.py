@@ -16,7 +16,7 @@ integers by the scales in float32 and rounds once to the compute dtype, inside t
 `jax.jit`; the embedding (lookup and tied LM head), norms, biases and the projector stay exact.
 
 Scales are float32 rather than bf16: they cost 0.25 bit per weight at group 128 and keep the
-CPU kernels' in-place layer reads (`cpu_matmul.reads_in_place`, bf16 only) off these leaves.
+CPU kernels' in-place layer reads (`cpu_matmul.reads_in_place`: bf16 and int8) off them.
 """
 
 from __future__ import annotations
@@ -109,21 +109,34 @@ def dequantize(q: Mapping[str, jax.Array], n_in: int, dtype: Any) -> jax.Array:
   return w.reshape(values.shape).astype(dtype)
 
 
-def quantized_weight(module: nn.Module, n_in: int, dtype: Any, after: jax.Array
-                     ) -> jax.Array | None:
-  """The dequantized weight of an `Einsum` whose params are quantized, else None.
-
-  The integers pass through an optimization barrier with the einsum's input `after`: a decode
-  loop's weights are loop-invariant, and XLA would otherwise hoist the dequantization out of the
-  loop, keeping a full-precision copy of every weight alive for the whole generate call.
-  """
+def quantized_params(module: nn.Module) -> dict[str, Any] | None:
+  """{"w_int8" | "w_int4": values, "w_scale": scales} of an `Einsum` whose params are quantized,
+  else None. Values may be a `cpu_matmul.LayerSlice` (decoding on CPU: one layer of a stack)."""
   name = next((n for n in ("w_int8", "w_int4") if module.has_variable("params", n)), None)
   if name is None:
     return None
-  q = {name: module.get_variable("params", name),
-       "w_scale": module.get_variable("params", "w_scale")}
-  q, _ = jax.lax.optimization_barrier((q, after))
-  return dequantize(q, n_in, dtype)
+  return {name: module.get_variable("params", name),
+          "w_scale": module.get_variable("params", "w_scale")}
+
+
+def quantized_weight(q: Mapping[str, Any], n_in: int, dtype: Any, after: jax.Array
+                     ) -> jax.Array:
+  """The weight in `dtype` from `quantized_params`' dict, dequantized after `after` is.
+
+  The integers pass through an optimization barrier with the einsum's input `after`: a decode
+  loop's weights are loop-invariant, and XLA would otherwise hoist the dequantization out of the
+  loop, keeping a full-precision copy of every weight alive for the whole generate call. A
+  layer of a stack (a `LayerSlice`: duck-typed, models/cpu_matmul.py) is sliced after the
+  barrier too, so the slice fuses into the dequantization rather than being copied out first.
+  """
+  name = "w_int8" if "w_int8" in q else "w_int4"
+  values, layer = q[name], None
+  if hasattr(values, "stack"):  # a cpu_matmul.LayerSlice
+    values, layer = values.stack, values.layer
+  (values, scale), _ = jax.lax.optimization_barrier(((values, q["w_scale"]), after))
+  if layer is not None:
+    values = values[layer]
+  return dequantize({name: values, "w_scale": scale}, n_in, dtype)
 
 
 # -- whole param trees ----------------------------------------------------------------------------
