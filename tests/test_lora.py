@@ -6,6 +6,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -140,3 +141,19 @@ def test_unrolled_layers_apply_the_adapters():
   base = nn.apply(lambda m: m.encode_images(images), PaliGemma(PG2))(random_params(PG2))
   np.testing.assert_allclose(unrolled, scanned, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(scanned) - np.asarray(base)).max() > 0.1
+
+
+def test_bf16_adapters_in_per_layer_params_read_in_place():
+  """On CPU, bf16 stacked leaves of per-layer params are `LayerSlice`s of their stacks (read in
+  place by the kernels); bf16 adapters there are applied as in the scanned forward."""
+  from paligemma_jax.models import unstack_layers
+  config = _config(PG2).replace(dtype="bfloat16", param_dtype="bfloat16")
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16),
+                        lora.join(random_params(PG2), _random_adapters(_config(PG2))))
+  images = make_batch(PG2, batch=1)["images"]
+  model = PaliGemma(config)
+  scanned = jax.jit(lambda p: nn.apply(lambda m: m.encode_images(images), model)(p))(params)
+  unrolled = jax.jit(lambda p: nn.apply(
+      lambda m: m.encode_images(images, unstack_layers(p, "vision")), model)(p))(params)
+  np.testing.assert_allclose(np.asarray(unrolled, np.float32), np.asarray(scanned, np.float32),
+                             rtol=0.05, atol=0.05)

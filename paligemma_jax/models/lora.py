@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from paligemma_jax.models import quantize
+from paligemma_jax.models import cpu_matmul, quantize
 from paligemma_jax.models.config import LoraConfig, PaliGemmaConfig
 
 NAMES = ("lora_a", "lora_b")
@@ -79,8 +79,15 @@ def adapter_delta(module: nn.Module, lora: LoraConfig, spec: str, x: jax.Array,
     x = jnp.where(keep, x / (1.0 - lora.dropout), jnp.zeros_like(x))
   spec_a, spec_b = adapter_specs(spec, n_in)
   dt = module.dtype
-  xa = jnp.einsum(spec_a, x, a.astype(dt), preferred_element_type=jnp.float32).astype(dt)
-  return lora.scale * jnp.einsum(spec_b, xa, b.astype(dt), preferred_element_type=jnp.float32)
+  a, b = _array(a).astype(dt), _array(b).astype(dt)
+  xa = jnp.einsum(spec_a, x, a, preferred_element_type=jnp.float32).astype(dt)
+  return lora.scale * jnp.einsum(spec_b, xa, b, preferred_element_type=jnp.float32)
+
+
+def _array(param: Any) -> jax.Array:
+  """A decode step's per-layer adapter, which is a `LayerSlice` of its stack where the CPU
+  kernels read weights in place (bf16): the adapters are tiny, so they are simply sliced."""
+  return param.stack[param.layer] if isinstance(param, cpu_matmul.LayerSlice) else param
 
 
 # -- whole param trees ----------------------------------------------------------------------------
