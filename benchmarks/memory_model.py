@@ -31,10 +31,8 @@ import jax  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import cpu_description  # noqa: E402
 
-from paligemma_jax import sharding  # noqa: E402
 from paligemma_jax.models import PaliGemmaConfig, get_variant  # noqa: E402
-from paligemma_jax.training import optimizer as optimizer_lib  # noqa: E402
-from paligemma_jax.training import state as state_lib  # noqa: E402
+from paligemma_jax.training import memory_model  # noqa: E402
 from paligemma_jax.training import step as step_lib  # noqa: E402
 from paligemma_jax.training.memory_model import step_memory  # noqa: E402
 
@@ -50,18 +48,7 @@ def reduced(variant: str, layers: int) -> PaliGemmaConfig:
 def compiled_memory(config: PaliGemmaConfig, batch: int, text: int, remat: str, fsdp: int = 1
                     ) -> dict[str, int]:
   """memory_analysis() of one device's step; `batch` per device, the params over `fsdp`."""
-  import optax
-  config = config.replace(dtype="bfloat16", param_dtype="float32", remat=remat,
-                          **{"text.final_logit_softcap": None})
-  mesh = sharding.make_mesh(1, fsdp, 1, devices=jax.devices()[:fsdp])
-  opt_config = optimizer_lib.OptimizerConfig(
-      name="adam", schedule=optimizer_lib.ScheduleConfig(name="constant"))
-  params = state_lib.abstract_state(config, optax.identity(), mesh).params
-  tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=1000)
-  trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
-  state = state_lib.abstract_state(config, tx, mesh)
-  abstract = step_lib.abstract_batch(config, batch * fsdp, text, mesh)
-  compiled = step_lib.compile_on_shapes(config, tx, trainable, mesh, state, abstract)
+  compiled = memory_model.compiled_step(config, batch, text, remat, fsdp)
   a = compiled.memory_analysis()
   return {"args": a.argument_size_in_bytes, "temp": a.temp_size_in_bytes,
           "peak": step_lib.peak_bytes(compiled)}

@@ -15,10 +15,9 @@ import pytest
 from model_fixtures import PG2
 from paligemma_jax import sharding as S
 from paligemma_jax.models import GemmaConfig, PaliGemmaConfig, SigLIPConfig, param_count
-from paligemma_jax.training import optimizer as optimizer_lib
 from paligemma_jax.training import state as state_lib
 from paligemma_jax.training import step as step_lib
-from paligemma_jax.training.memory_model import state_bytes, step_memory
+from paligemma_jax.training.memory_model import compiled_step, state_bytes, step_memory
 
 # Real-shaped but small: compiles in seconds, and its state still outweighs XLA's odd buffers.
 SMALL = PaliGemmaConfig(
@@ -49,17 +48,7 @@ def test_params_per_device_follow_the_sharding_rules(fsdp):
 
 
 def _compiled_peak(config, batch: int, text: int, remat: str) -> int:
-  config = config.replace(dtype="bfloat16", param_dtype="float32", remat=remat,
-                          **{"text.final_logit_softcap": None})
-  mesh = S.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  opt_config = optimizer_lib.OptimizerConfig(
-      name="adam", schedule=optimizer_lib.ScheduleConfig(name="constant"))
-  params = state_lib.abstract_state(config, optax.identity(), mesh).params
-  tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=10)
-  trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
-  state = state_lib.abstract_state(config, tx, mesh)
-  return step_lib.peak_bytes(step_lib.compile_on_shapes(
-      config, tx, trainable, mesh, state, step_lib.abstract_batch(config, batch, text)))
+  return step_lib.peak_bytes(compiled_step(config, batch, text, remat))
 
 
 def test_peak_is_near_the_compiled_step():

@@ -215,3 +215,26 @@ def step_memory(config: PaliGemmaConfig, batch: int, text_len: int, fsdp: int = 
       loss=act["loss"],
       gathered_table=0 if fsdp == 1 else (BF16 + F32 * embedding_trained) * table,
       update_scratch=UPDATE_SCRATCH * (state["grads"] // F32))
+
+
+def compiled_step(config: PaliGemmaConfig, batch: int, text_len: int, remat: str, fsdp: int = 1
+                  ) -> jax.stages.Compiled:
+  """What this model is checked against: the train step (Adam, bf16 compute over float32
+  masters, no final softcap) compiled on abstract state for one (data = 1, fsdp) mesh of this
+  backend's first `fsdp` devices, `batch` rows per device. `.memory_analysis()` is per device."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from paligemma_jax import sharding  # pylint: disable=import-outside-toplevel
+  from paligemma_jax.training import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from paligemma_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel
+  from paligemma_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
+  config = config.replace(dtype="bfloat16", param_dtype="float32", remat=remat,
+                          **{"text.final_logit_softcap": None})
+  mesh = sharding.make_mesh(1, fsdp, 1, devices=jax.devices()[:fsdp])
+  opt_config = optimizer_lib.OptimizerConfig(
+      name="adam", schedule=optimizer_lib.ScheduleConfig(name="constant"))
+  params = state_lib.abstract_state(config, optax.identity(), mesh).params
+  tx = optimizer_lib.make_optimizer(opt_config, params, total_steps=1000)
+  trainable = jax.tree.map(lambda f: not f, optimizer_lib.frozen_mask(opt_config, params))
+  state = state_lib.abstract_state(config, tx, mesh)
+  abstract = step_lib.abstract_batch(config, batch * fsdp, text_len, mesh)
+  return step_lib.compile_on_shapes(config, tx, trainable, mesh, state, abstract)
