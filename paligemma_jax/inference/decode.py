@@ -90,9 +90,9 @@ def decode_layers(params: dict, unroll: bool | None) -> list[dict] | None:
 
   Scanned steps make XLA:CPU copy every layer's weights out of the stack on each step. None
   picks unrolled on CPU, where that copy is most of a step (measured ~5x), and scanned elsewhere
-  (compile time does not grow with depth). On CPU the bf16 weights are `cpu_matmul.LayerSlice`s,
-  which the kernels read where they lie in the stack (plain slices taken by the decode loop were
-  copied once per call). The prefill uses them too, widening a layer's weights to f32 when the
+  (compile time does not grow with depth). On CPU the bf16 and int8 weights are
+  `cpu_matmul.LayerSlice`s, which the kernels read where they lie in the stack (plain slices
+  taken by the decode loop were copied once per call). The prefill uses them too, widening a layer's weights to f32 when the
   layer runs: a scanned prefill widened every layer at once, and so did an unrolled one over
   plain slices (XLA scheduled all the converts first); see `LayerSlice.widen`.
   """
