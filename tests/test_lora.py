@@ -50,7 +50,7 @@ def test_adapters_at_init_leave_the_outputs_of_the_base(base):
   assert not np.any(np.asarray(q["lora_b"]))  # B = 0: the product is exactly zero
   batch = make_batch(base)
   np.testing.assert_allclose(forward(config, lora.join(params, adapters), batch),
-                             forward(base, params, batch), rtol=1e-6, atol=1e-6)
+                             forward(base, params, batch), rtol=1e-5, atol=1e-5)
 
 
 def test_split_join_roundtrip_and_targets():
@@ -109,7 +109,7 @@ def test_lora_dropout_acts_only_with_a_dropout_rng():
   model = PaliGemma(config)
   plain = np.asarray(jax.jit(model.apply)(params, *args))
   no_dropout = config.replace(lora=dataclasses.replace(config.lora, dropout=0.0))
-  np.testing.assert_allclose(plain, forward(no_dropout, params, batch), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(plain, forward(no_dropout, params, batch), rtol=1e-5, atol=1e-5)
   dropped = [np.asarray(jax.jit(lambda p, k: model.apply(p, *args, rngs={"dropout": k}))(
       params, jax.random.key(seed))) for seed in (0, 1)]
   assert np.abs(dropped[0] - plain).max() > 0.1

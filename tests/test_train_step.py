@@ -253,10 +253,11 @@ def test_lora_step_differentiates_the_adapters_alone_and_keeps_the_base():
   loss, _, grads = step_lib.loss_and_grads(config, adapters, batch, settings, base=base)
   full_loss, _, full_grads = step_lib.loss_and_grads(config, lora.join(base, adapters), batch,
                                                      settings)
-  np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-5)
   assert jax.tree.structure(grads) == jax.tree.structure(adapters)
-  jax.tree.map(lambda g, f: np.testing.assert_allclose(g, f, rtol=1e-5, atol=1e-7), grads,
-               lora.split(full_grads)[1])
+  # Two differently compiled programs: equal up to summation order, relative to each leaf's scale.
+  jax.tree.map(lambda g, f: np.testing.assert_allclose(
+      g, f, rtol=1e-5, atol=1e-5 * float(np.abs(f).max())), grads, lora.split(full_grads)[1])
 
   losses = []
   for mesh in (_one_device(), S.make_mesh(2, 2, 2)):
