@@ -95,7 +95,6 @@ def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: st
                                                 variant=m.variant or None)
     except ValueError as e:
       raise ValueError(f"config.init / config.model: {str(e).splitlines()[0]}") from None
-    model = model.replace(param_dtype="float32")  # the trained params' (LoRA: the adapters')
   if saved is not None:
     return saved, params
   if cfg.lora is not None:
