@@ -78,9 +78,14 @@ def main(argv: list[str]) -> None:
       from paligemma_jax.conversion.vqvae import convert_vqvae
       print(convert_vqvae(FLAGS.src, FLAGS.dst, overwrite=FLAGS.overwrite))
       return
-    if FLAGS.merge_lora or _holds_adapters(FLAGS.src):
+    if FLAGS.merge_lora:
       _merge_lora()
       return
+    adapters = _adapters_of(FLAGS.src)
+    if adapters is not None:
+      _fail(f"{FLAGS.src} holds LoRA adapters, not a whole model; pass --merge_lora to merge "
+            f"them into their base ({adapters.base or 'none recorded'}) and write the merged "
+            "model", 2)
     from paligemma_jax.conversion.npz_variant import npz_variant
     variant = npz_variant(FLAGS.src, FLAGS.src_format, variant=FLAGS.variant,
                           variant_json=FLAGS.variant_json,
@@ -96,20 +101,17 @@ def main(argv: list[str]) -> None:
     _fail(str(e) if _expected(e) else f"{type(e).__name__}: {e}", 1)
 
 
-def _holds_adapters(src: str) -> bool:
-  """An Orbax checkpoint whose config has LoRA adapters: it converts only with --merge_lora."""
+def _adapters_of(src: str):
+  """The LoRA config of an Orbax checkpoint of adapters (it converts only with --merge_lora), or
+  None for anything else."""
   from paligemma_jax.conversion import detect_format
   if detect_format(src) != "orbax":
-    return False
+    return None
   from paligemma_jax import checkpoints
   try:
-    config = checkpoints.read_config(src)
+    return checkpoints.read_config(src).lora
   except checkpoints.CheckpointError:
-    return False
-  if config.lora is not None and not FLAGS.merge_lora:
-    _fail(f"{src} holds LoRA adapters, not a whole model; pass --merge_lora to merge them into "
-          f"their base ({config.lora.base or 'none recorded'}) and write the merged model", 2)
-  return config.lora is not None
+    return None
 
 
 def _merge_lora() -> None:
