@@ -121,6 +121,9 @@ def parse_train(config, tmp_path: pathlib.Path, num_devices: int = 8):
   tokenizer.write_bytes(b"")
   (tmp_path / "pt").mkdir(exist_ok=True)
   values.update(tokenizer=str(tokenizer), init=str(tmp_path / "pt"))
+  if "vqvae" in values["input"]:  # refexp_segment's mask encoder (validate() checks the file)
+    (tmp_path / "vae.npz").write_bytes(b"")
+    values["input"]["vqvae"] = str(tmp_path / "vae.npz")
   for member in values["input"]["members"]:
     if member["jsonl"]:  # validate() checks that JSONL members exist
       member["jsonl"] = str(tmp_path / pathlib.Path(member["jsonl"]).name)

@@ -6,9 +6,12 @@ Data: TFDS `ref_coco` (catalogue; refcoco_unc, refcocoplus_unc, refcocog_umd). T
 on big_vision's combined set `ref_coco_bv/refcocox_combined:1.4.0` (the three, minus every
 val/test image), which a user builds with big_vision's builder:
 --config.input.members[0].name=ref_coco_bv/refcocox_combined:1.4.0. The default here is RefCOCO's
-own train split (no val/test leakage). Training targets need the VQ-VAE mask encoder, and the
-evals need its decoder: --config.evals.refcoco_val.options.vqvae=vae-oid.npz (all three).
+own train split (no val/test leakage). Training targets need the VQ-VAE's encoder (each mask's 16
+<seg> codes) and the evals its decoder: `--config.input.vqvae=vae-oid.npz` sets both (one
+ml_collections FieldReference shared by input.vqvae and every eval's options.vqvae).
 """
+
+import ml_collections
 
 from configs.transfers import common
 
@@ -23,19 +26,18 @@ HPARAMS = {
 TRAIN = [common.tfds("ref_coco", "train", "refexp_segment", config="refcoco_unc", **REFEXP)]
 
 
-def _val(config: str) -> dict:
+def _val(config: str, vqvae: ml_collections.FieldReference) -> dict:
   data = common.tfds("ref_coco", "validation", "refexp_segment", config=config, keep_masks=True,
                      **REFEXP)
-  return common.evaluation("refcoco_seg", data, vqvae="")
-
-
-EVALS = {
-    "refcoco_val": _val("refcoco_unc"),
-    "refcocoplus_val": _val("refcocoplus_unc"),
-    "refcocog_val": _val("refcocog_umd"),
-}
+  return common.evaluation("refcoco_seg", data, vqvae=vqvae)
 
 
 def get_config(arg=None):
-  return common.transfer_config(arg, name="refcoco", hparams=HPARAMS, text_len=48, train=TRAIN,
-                                evals=EVALS, default_res=448)
+  vqvae = ml_collections.FieldReference("")  # vae-oid.npz (or its Orbax dir)
+  evals = {"refcoco_val": _val("refcoco_unc", vqvae),
+           "refcocoplus_val": _val("refcocoplus_unc", vqvae),
+           "refcocog_val": _val("refcocog_umd", vqvae)}
+  c = common.transfer_config(arg, name="refcoco", hparams=HPARAMS, text_len=48, train=TRAIN,
+                             evals=evals, default_res=448)
+  c.input.vqvae = vqvae
+  return c

@@ -92,6 +92,8 @@ class InputConfig:
     worker_processes: 0 = preprocess in this process's threads; N > 0 = N Grain worker
       processes (`mp_prefetch`) each running the threads.
     mixture_block: positions per mixture block (see mixture.py).
+    vqvae: the VQ-VAE params (big_vision's `vae-oid.npz`, or an Orbax dir of them) whose encoder
+      makes the 16 `<seg>` codes of `refexp_segment` targets; "" where no member needs them.
   """
 
   members: tuple[MemberConfig, ...]
@@ -105,6 +107,7 @@ class InputConfig:
   prefetch_buffer: int = 64
   worker_processes: int = 0
   mixture_block: int = 1 << 16
+  vqvae: str = ""
 
   def __post_init__(self) -> None:
     object.__setattr__(self, "members", tuple(self.members))

@@ -41,6 +41,7 @@ from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.sources import OpenedSource, open_jsonl, open_tfds
 from paligemma_jax.data.task_base import DATA_ERRORS, error_message
 from paligemma_jax.data.tasks import Row, Task, make_task, rows_or_error
+from paligemma_jax.data.tasks_boxes import MaskEncoder, ReferringSegmentation
 from paligemma_jax.data.tfds_input import with_decoded_images
 
 NOTES_KEPT = 5  # distinct skip reasons kept for the summary
@@ -68,14 +69,20 @@ class Member:
                          decode=decode, label=label)
 
 
-def open_member(config: MemberConfig, position: int = 0) -> Member:
-  """Opens a member's source and task; one-line errors name the setting to fix."""
+def open_member(config: MemberConfig, position: int = 0, *,
+                encode_mask: MaskEncoder | None = None) -> Member:
+  """Opens a member's source and task; one-line errors name the setting to fix.
+
+  `encode_mask` (training) goes to a `refexp_segment` task, whose targets need it.
+  """
   where = f"input.members[{position}]"
   name, options = config.task_spec()
   try:
     task = make_task(name, options)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from None
+  if encode_mask is not None and isinstance(task, ReferringSegmentation):
+    task = dataclasses.replace(task, encode_mask=encode_mask)
   if config.jsonl:
     source = open_jsonl(config.jsonl, config.image_dir)
   else:
@@ -188,14 +195,22 @@ class TrainInput:
   """
 
   def __init__(self, config: InputConfig, processor: Processor, *, process_index: int = 0,
-               process_count: int = 1) -> None:
+               process_count: int = 1, encode_mask: MaskEncoder | None = None) -> None:
+    """`encode_mask` makes the `<seg>` codes of `refexp_segment` targets (the training layer
+    builds it from `input.vqvae`; data/ does not run models)."""
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     if config.batch_size % process_count:
       raise ValueError(f"input.batch_size {config.batch_size} does not divide by the "
                        f"{process_count} processes; use a multiple of {process_count}")
     self.config = config
-    self.members = tuple(open_member(m, i) for i, m in enumerate(config.members))
+    for i, m in enumerate(config.members):
+      if m.task_spec()[0] == "refexp_segment" and encode_mask is None:
+        raise ValueError(f"input.members[{i}]: task refexp_segment trains on the <seg> codes of "
+                         "each mask, made by the VQ-VAE encoder; set input.vqvae to vae-oid.npz "
+                         "(or its Orbax dir)")
+    self.members = tuple(open_member(m, i, encode_mask=encode_mask)
+                         for i, m in enumerate(config.members))
     labels = [m.config.label for m in self.members]
     self.weights = normalise_weights([m.weight for m in config.members], labels)
     self.examples_per_epoch = sum(len(m.source) for m in self.members)

@@ -128,6 +128,23 @@ def feature_tree(features: Any) -> dict[str, Any]:
   return tree
 
 
+@functools.cache
+def _keep_encoded() -> type:
+  """`tfds.decode.SkipDecoding` that also leaves images inside sequences encoded (ref_coco's
+  `objects/mask`, a sequence of images): TFDS's NumPy decoding asks a sequence's decoder for
+  `decode_batch_example_np`, which SkipDecoding lacks (an AttributeError on every example)."""
+  _, tfds = _tfds()
+
+  class KeepEncoded(tfds.decode.SkipDecoding):
+    def decode_batch_example_np(self, serialized):  # [n] encoded images, as stored
+      return serialized
+
+    def decode_ragged_example_np(self, serialized):
+      return serialized
+
+  return KeepEncoded
+
+
 def skip_image_decoding(features: Any) -> dict[str, Any]:
   """Decoders that leave every Image feature (and sequence of images) encoded."""
   _, tfds = _tfds()
@@ -135,7 +152,7 @@ def skip_image_decoding(features: Any) -> dict[str, Any]:
   for key, feature in features.items():
     inner = feature.feature if isinstance(feature, tfds.features.Sequence) else feature
     if isinstance(inner, tfds.features.Image):
-      decoders[key] = tfds.decode.SkipDecoding()
+      decoders[key] = _keep_encoded()()
     elif isinstance(inner, tfds.features.FeaturesDict) and (sub := skip_image_decoding(inner)):
       decoders[key] = sub
   return decoders

@@ -159,13 +159,17 @@ def init_vqvae_params(seed: int = 0) -> dict:
   return params
 
 
-@jax.jit
+# Plain functions over jitted ones: a partial of them pickles (Grain's worker processes get the
+# training input's mask encoder pickled); a jitted function does not.
+_decode = jax.jit(lambda params, codes: VQVAEDecoder().apply({"params": params}, codes))
+_encode = jax.jit(lambda params, masks: VQVAEEncoder().apply({"params": params}, masks))
+
+
 def decode_codes(decoder_params: dict, codes_Bx16: jax.Array) -> jax.Array:
   """Mask logits [B, 64, 64, 1] of codes [B, 16] (see `VQVAEDecoder`)."""
-  return VQVAEDecoder().apply({"params": decoder_params}, codes_Bx16)
+  return _decode(decoder_params, codes_Bx16)
 
 
-@jax.jit
 def encode_masks(encoder_params: dict, masks_Bx64x64x1: jax.Array) -> jax.Array:
   """Codes [B, 16] int32 of masks [B, 64, 64, 1] in [0, 1] (see `VQVAEEncoder`)."""
-  return VQVAEEncoder().apply({"params": encoder_params}, masks_Bx64x64x1)
+  return _encode(encoder_params, masks_Bx64x64x1)

@@ -242,6 +242,14 @@ def validate(cfg: TrainConfig, num_devices: int, process_count: int = 1) -> tupl
   for i, member in enumerate(cfg.input.members):
     if member.jsonl and not os.path.isfile(os.path.expanduser(member.jsonl)):
       raise ValueError(f"config.input.members[{i}].jsonl {member.jsonl} does not exist")
+    if member.task_spec()[0] == "refexp_segment" and not cfg.input.vqvae:
+      raise ValueError(f"config.input.members[{i}]: task refexp_segment trains on the <seg> codes "
+                       "of each mask, made by the VQ-VAE encoder; pass "
+                       "--config.input.vqvae=vae-oid.npz (or its Orbax dir)")
+  vqvae = cfg.input.vqvae
+  if vqvae and not (os.path.isdir(vqvae) or (os.path.isfile(vqvae) and vqvae.endswith(".npz"))):
+    raise ValueError(f"config.input.vqvae {vqvae} is neither a .npz file (big_vision's "
+                     "vae-oid.npz) nor an Orbax dir of VQ-VAE params")
   sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.model]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"config.mesh {tuple(sizes)}: sizes must be >= 1 with at most one -1")

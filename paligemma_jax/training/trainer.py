@@ -17,6 +17,7 @@ half-written one is never restored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,10 +34,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from paligemma_jax import checkpoints, sharding
 from paligemma_jax.api import make_processor
+from paligemma_jax.data.input_config import InputConfig
 from paligemma_jax.data.input_pipeline import TrainInput
+from paligemma_jax.data.tasks_boxes import MaskEncoder
 from paligemma_jax.data.tokenizer import Tokenizer
 from paligemma_jax.device_input import global_batch
 from paligemma_jax.evaluation.run_evals import periodic_evaluator
+from paligemma_jax.inference.parsers import mask_encoder, segmentation_codes
+from paligemma_jax.inference.pipeline import load_vqvae
 from paligemma_jax.models import PaliGemmaConfig, lora
 from paligemma_jax.training import config as config_lib
 from paligemma_jax.training import state as state_lib
@@ -66,6 +71,15 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
         or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
     jax.distributed.initialize()
+
+
+def mask_target_encoder(input_config: InputConfig) -> MaskEncoder | None:
+  """The `<seg>` codes of `refexp_segment` targets from `input.vqvae`'s encoder (big_vision's
+  `refcoco_mask2str`: the mask cropped to its box, resized to 64x64, encoded to 16 codes)."""
+  if not input_config.vqvae:
+    return None
+  return functools.partial(segmentation_codes,
+                           encode_fn=mask_encoder(load_vqvae(input_config.vqvae)))
 
 
 def _model_config(cfg: config_lib.TrainConfig, tokenizer: Tokenizer, workdir: str, mesh: Mesh,
@@ -161,7 +175,7 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
   model, pretrained = _model_config(cfg, tokenizer, workdir, mesh, start is not None)
   processor = make_processor(model, tokenizer, cfg.image_method)
   host = TrainInput(cfg.input, processor, process_index=jax.process_index(),
-                    process_count=jax.process_count())
+                    process_count=jax.process_count(), encode_mask=mask_target_encoder(cfg.input))
   total_steps = cfg.num_steps(host.examples_per_epoch)
   abstract_params = state_lib.abstract_state(model, _dummy_tx(), mesh).params
   _check_train_also(model, abstract_params)
