@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import pickle
 
 import numpy as np
@@ -24,6 +25,7 @@ from paligemma_jax.data.processor import Processor
 from paligemma_jax.inference.parsers import encode_segmentations, mask_encoder, segmentation_codes
 from paligemma_jax.models.vqvae import init_vqvae_params
 from paligemma_jax.training import config as config_lib
+from paligemma_jax.training import trainer
 from paligemma_jax.training.trainer import mask_target_encoder
 
 NUM, IMAGE_SIZE, IMAGE_TOKENS, TEXT_LEN = 4, 8, 4, 40
@@ -164,3 +166,23 @@ def test_evaluation_rows_keep_each_objects_mask_from_the_tfds_sequence(data_dir)
     np.testing.assert_array_equal(row.fields["mask"], mask(i)[..., 0])
     seen.add(i)
   assert seen == set(range(NUM))
+
+
+def test_train_runs_on_referring_segmentation_with_input_vqvae(data_dir, vqvae, tmp_path,
+                                                               standin_tokenizer_path):
+  """train() end to end on the tiny model: the targets' codes come from input.vqvae's file."""
+  from test_trainer import tiny_config  # the trainer tests' tiny model and settings
+
+  save_vqvae_npz(vqvae, tmp_path / "vae.npz")
+  config = tiny_config({"tokenizer": str(standin_tokenizer_path), "train": ""}, total_steps=2,
+                       checkpoint_every=2, log_every=1)
+  config.input = dict(members=[dict(name="seg_refs", data_dir=data_dir, task="refexp_segment",
+                                    task_options={"keyword": ""})],
+                      batch_size=8, text_len=TEXT_LEN, read_threads=1,  # 8 devices
+                      vqvae=str(tmp_path / "vae.npz"))
+  trainer.train(config, str(tmp_path / "work"))
+  records = [json.loads(line) for line in (tmp_path / "work/metrics.jsonl").read_text().splitlines()]
+  losses = [r["train_loss"] for r in records if "train_loss" in r]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+  assert records[-1]["input/drawn/seg_refs:train"] == 2 * 8
+  assert records[-1]["input/skipped/seg_refs:train"] == 0
