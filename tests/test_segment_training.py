@@ -45,12 +45,18 @@ def mask(i: int) -> np.ndarray:
 
 def png(array: np.ndarray) -> bytes:
   out = io.BytesIO()
-  PIL.Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out, "png")
+  PIL.Image.fromarray(array).save(out, "png")
   return out.getvalue()
 
 
+def mask_png(i: int) -> bytes:
+  """As TFDS's ref_coco builder writes masks: a 1-bit PNG of a bool array."""
+  return png(mask(i)[..., 0] > 0)
+
+
 class SegRefs(tfds.core.GeneratorBasedBuilder):
-  """ref_coco's layout (one object per image here): image, objects/{bbox, mask, refexp}."""
+  """ref_coco's layout and mask encoding (one object per image here): image,
+  objects/{bbox, mask, refexp}."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -60,7 +66,7 @@ class SegRefs(tfds.core.GeneratorBasedBuilder):
         "image/id": np.int64,
         "objects": tfds.features.Sequence({
             "bbox": tfds.features.BBoxFeature(),
-            "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "mask": tfds.features.Image(encoding_format="png"),  # as ref_coco declares it
             "refexp": tfds.features.Sequence({"raw": tfds.features.Text(),
                                               "refexp_id": np.int64}),
         }),
@@ -73,7 +79,7 @@ class SegRefs(tfds.core.GeneratorBasedBuilder):
     for i in range(NUM):
       image = np.full((24, 32, 3), 40 * i, np.uint8)
       yield i, {"image": png(image), "image/id": i, "objects": [{
-          "bbox": tfds.features.BBox(*box(i)), "mask": png(mask(i)),
+          "bbox": tfds.features.BBox(*box(i)), "mask": mask_png(i),
           "refexp": [{"raw": f"blob {i}", "refexp_id": i}]}]}
 
 
