@@ -49,6 +49,7 @@ CASES = [
     ("BTF,FD->BTD", (5, 1, 1100), (1100, 50)),           # down
     ("BTD,VD->BTV", (8, 1, 50), (301, 50)),              # LM head: contraction minor
     ("BTD,VD->BTV", (1, 1, 2051), (67, 2051)),
+    ("BTD,VD->BTV", (6, 1, 33), (1001, 33)),             # two row groups, blocks prefetched
     ("BTD,CDF->CBTF", (4, 1, 24), (2, 24, 40)),          # leading weight axis (L > 1)
 ]
 
