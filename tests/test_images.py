@@ -45,7 +45,8 @@ def test_hf_method_matches_siglip_image_processor(hf_processor, image):
 
 
 @pytest.mark.parametrize("height,width,size",
-                         [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32)])
+                         [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32),
+                          (480, 640, 448), (61, 90, 200)])  # the last two: several row blocks, upsampling
 def test_numpy_bilinear_matches_tf_resize(height: int, width: int, size: int):
   import tensorflow as tf
   image = RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -64,6 +65,20 @@ def test_big_vision_method():
   antialiased = preprocess_image(RGB, 16, "big_vision", antialias=True)
   assert np.abs(antialiased - out).max() > 0.05
   assert antialiased.dtype == np.float32 and antialiased.min() >= -1 and antialiased.max() <= 1
+
+
+@pytest.mark.parametrize("method,antialias", [("hf", False), ("big_vision", False), ("big_vision", True)])
+def test_out_receives_the_same_pixels(method: str, antialias: bool):
+  want = preprocess_image(RGB, 70, method, antialias)
+  slots = np.full((2, 70, 70, 3), 7, np.float32)
+  got = preprocess_image(RGB, 70, method, antialias, out=slots[1])
+  assert got is slots[1] or np.shares_memory(got, slots[1])
+  np.testing.assert_array_equal(slots[1], want)
+  np.testing.assert_array_equal(slots[0], 7)  # nothing written outside the slot
+  with pytest.raises(ValueError, match="C-contiguous float32"):
+    preprocess_image(RGB, 70, method, antialias, out=np.empty((70, 70, 3), np.float64))
+  with pytest.raises(ValueError, match="C-contiguous float32"):
+    preprocess_image(RGB, 70, method, antialias, out=np.empty((70, 140, 3), np.float32)[:, ::2])
 
 
 def test_alpha_handling_differs_by_method():

@@ -24,6 +24,7 @@ HF itself mishandles float arrays (it rescales them by 1/255 twice), so there is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,8 @@ def is_image(obj: Any) -> bool:
   return hasattr(obj, "__array__") and not isinstance(obj, (str, bytes, list, tuple, dict))
 
 
-def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool = False) -> np.ndarray:
+def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool = False,
+                     out: np.ndarray | None = None) -> np.ndarray:
   """Resizes and normalises one image.
 
   Args:
@@ -48,9 +50,11 @@ def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool 
     method: "hf" (PIL bicubic, HF parity) or "big_vision" (TF bilinear, big_vision parity).
     antialias: big_vision only: tf.image.resize's antialias flag. PIL's resize used by "hf" is
       always antialiased, so True with "hf" is refused.
+    out: optional float32 [size, size, 3] C-contiguous array the result is written into (the
+      processor passes its batch's slot, saving a copy per image); allocated when None.
 
   Returns:
-    float32 [size, size, 3] in [-1, 1].
+    float32 [size, size, 3] in [-1, 1] (`out` when given).
   """
   if method not in IMAGE_METHODS:
     raise ValueError(f"unknown image method {method!r}; use one of {IMAGE_METHODS}")
@@ -58,6 +62,11 @@ def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool 
     raise ValueError(f"image size must be a positive int, got {size!r}")
   if method == "hf" and antialias:
     raise ValueError("antialias=True applies to method='big_vision' only (PIL bicubic always antialiases)")
+  if out is None:
+    out = np.empty((size, size, 3), np.float32)
+  elif out.shape != (size, size, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
+    raise ValueError(f"out must be a C-contiguous float32 array of shape {(size, size, 3)}, got "
+                     f"{out.dtype} {out.shape}")
   alpha = "white" if method == "hf" else "drop"
   if isinstance(image, PIL.Image.Image):
     rgb = _pil_to_rgb(image, alpha)
@@ -65,10 +74,30 @@ def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool 
     rgb = _array_to_rgb(image, alpha)
   if method == "hf":
     resized = np.asarray(PIL.Image.fromarray(rgb).resize((size, size), resample=PIL.Image.Resampling.BICUBIC))
-    scaled = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
-    return (scaled - np.float32(0.5)) / np.float32(0.5)
-  resized = resize_bilinear_tf(rgb, size, antialias=antialias)
-  return (resized.astype(np.float32) / np.float32(255)) * np.float32(2) - np.float32(1)
+    _hf_scale(resized, out)
+  elif antialias:
+    _big_vision_scale(resize_bilinear_tf(rgb, size, antialias=True), out)
+  else:
+    flat = out.reshape(size, size * 3)
+    for start, stop, block in _bilinear_blocks(rgb, size):  # normalised while still in cache
+      _big_vision_scale(block, flat[start:stop])
+  return out
+
+
+def _hf_scale(resized: np.ndarray, out: np.ndarray) -> None:
+  """out = HF's rescale (float64 x * (1/255), cast to float32) then (x - 0.5) / 0.5, in place."""
+  scaled = resized.astype(np.float64)
+  scaled *= 1 / 255
+  out[...] = scaled  # float64 -> float32, rounded as astype rounds
+  out -= np.float32(0.5)
+  out /= np.float32(0.5)
+
+
+def _big_vision_scale(resized: np.ndarray, out: np.ndarray) -> None:
+  """out = big_vision's value_range(-1, 1) of uint8 pixels: (x / 255) * 2 - 1 in float32."""
+  np.divide(resized, np.float32(255), out=out)  # the uint8 -> float32 cast happens in the ufunc
+  out *= np.float32(2)
+  out -= np.float32(1)
 
 
 def _pil_to_rgb(image: PIL.Image.Image, alpha: str) -> np.ndarray:
@@ -147,16 +176,50 @@ def resize_bilinear_tf(rgb: np.ndarray, size: int, antialias: bool = False) -> n
 
     resized = tf.image.resize(rgb, (size, size), method="bilinear", antialias=True).numpy()
     return np.clip(resized, 0, 255).astype(np.uint8)
-  y_lo, y_hi, y_frac = _half_pixel_taps(rgb.shape[0], size)
-  x_lo, x_hi, x_frac = _half_pixel_taps(rgb.shape[1], size)
-  image = rgb.astype(np.float32)
-  rows_lo, rows_hi = image[y_lo], image[y_hi]  # [size, W, C] each
-  x_frac = x_frac[None, :, None]
-  # Same float32 operation order as TF's resize_bilinear kernel: lerp along x, then along y.
-  top = rows_lo[:, x_lo] + (rows_lo[:, x_hi] - rows_lo[:, x_lo]) * x_frac
-  bottom = rows_hi[:, x_lo] + (rows_hi[:, x_hi] - rows_hi[:, x_lo]) * x_frac
-  out = top + (bottom - top) * y_frac[:, None, None]
-  return np.clip(out, 0, 255).astype(np.uint8)
+  out = np.empty((size, size * rgb.shape[2]), np.uint8)
+  for start, stop, block in _bilinear_blocks(rgb, size):
+    out[start:stop] = block
+  return out.reshape(size, size, rgb.shape[2])
+
+
+BLOCK_ROWS = 64  # output rows per block: the block's float32 temporaries stay in a core's L2
+
+
+def _bilinear_blocks(rgb: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+  """TF's half-pixel bilinear resize of uint8 [H, W, C] to [size, size, C], by row blocks.
+
+  Yields (start, stop, uint8 [stop - start, size * C]): output rows start..stop, channels
+  interleaved. Bit-identical to `tf.image.resize(..., "bilinear")` then clip and truncation: per
+  output value the same float32 operations in TF's order (lerp along x of the two source rows,
+  then along y). NumPy rather than TF so that no TensorFlow is needed; it is about as fast as TF's
+  kernel here because each block of rows is done while in cache, and gathers index single
+  channels (NumPy's `take` has fast paths for 1-byte items, none for 3-byte pixels).
+  """
+  height, width, channels = rgb.shape
+  y_lo, y_hi, y_frac = _half_pixel_taps(height, size)
+  x_lo, x_hi, x_frac = _half_pixel_taps(width, size)
+  per_channel = np.arange(channels)
+  left = (x_lo[:, None] * channels + per_channel).ravel()  # [size * C] indices into a flat row
+  right = (x_hi[:, None] * channels + per_channel).ravel()
+  x_frac = np.repeat(x_frac, channels)
+  y_frac = y_frac[:, None]
+  rows = rgb.reshape(height, width * channels)
+  for start in range(0, size, BLOCK_ROWS):
+    stop = min(start + BLOCK_ROWS, size)
+    first, last = y_lo[start], y_hi[stop - 1] + 1  # the source rows this block reads
+    lo = np.take(rows[first:last], left, axis=1).astype(np.float32)
+    hi = np.take(rows[first:last], right, axis=1).astype(np.float32)
+    hi -= lo
+    hi *= x_frac
+    lo += hi  # each source row lerped along x: lo + (hi - lo) * fx
+    top = np.take(lo, y_lo[start:stop] - first, axis=0)
+    bottom = np.take(lo, y_hi[start:stop] - first, axis=0)
+    bottom -= top
+    bottom *= y_frac[start:stop]
+    top += bottom  # then along y: top + (bottom - top) * fy
+    # Each lerp lies between its two uint8 inputs up to float32 rounding (never below 0 or
+    # at 256), so truncating without TF's clip gives the same uint8.
+    yield start, stop, top.astype(np.uint8)
 
 
 def _half_pixel_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -110,17 +110,29 @@ class Processor:
     num_rows, num_images = pixels.shape[:2]
     prompt_list = _as_text_list(prompts, num_rows, "prompts")
     suffix_list = None if suffixes is None else _as_text_list(suffixes, num_rows, "suffixes")
-    rows = []
-    for i, prompt in enumerate(prompt_list):
-      ids = self.prefix_ids(prompt, num_images, row=i)
-      types = [0] * len(ids)
-      if suffix_list is not None:
-        target = self.suffix_ids(suffix_list[i], row=i)
-        ids, types = ids + target, types + [1] * len(target)
-      rows.append((ids, types))
-    batch = self._pad(rows, padding_side, max_length)
+    batch = self.text_arrays(prompt_list, suffix_list, num_images, padding_side=padding_side,
+                             max_length=max_length)
     batch["images"] = pixels
     return batch
+
+  def text_arrays(self, prompts: list[str], suffixes: list[str] | None, num_images: int, *,
+                  padding_side: str = "left", max_length: int | None = None
+                  ) -> dict[str, np.ndarray]:
+    """The token arrays of `__call__` (all but "images") for rows of `num_images` images each.
+
+    `prompts` and `suffixes` are lists of strings of the same length (`suffixes` None at
+    inference); the other arguments are `__call__`'s.
+    """
+    if padding_side not in PADDING_SIDES:
+      raise ValueError(f"unknown padding_side {padding_side!r}; use one of {PADDING_SIDES}")
+    rows = []
+    for i, prompt in enumerate(prompts):
+      ids = self.prefix_ids(prompt, num_images, row=i)
+      num_prefix = len(ids)
+      if suffixes is not None:
+        ids += self.suffix_ids(suffixes[i], row=i)
+      rows.append((ids, num_prefix))
+    return self._pad(rows, padding_side, max_length)
 
   def prefix_ids(self, prompt: str, num_images: int, row: int = 0) -> list[int]:
     """Ids of one row's prefix: image placeholders, bos, prompt, "\\n" (see the module docstring)."""
@@ -166,36 +178,45 @@ class Processor:
         raise ValueError("pixel_values holds no image per row; PaliGemma needs at least one")
       return pixels
     per_row = _images_per_row(images, num_rows)
+    size = self.image_size
+    # Each image is written straight into its slot of the batch (no per-image array, no stack).
+    pixels = np.empty((len(per_row), len(per_row[0]), size, size, 3), np.float32)
     done: dict[int, np.ndarray] = {}  # One image shared by several rows is preprocessed once.
-    for row in per_row:
-      for im in row:
-        if id(im) not in done:
-          done[id(im)] = preprocess_image(im, self.image_size, self.image_method, self.antialias)
-    return np.stack([np.stack([done[id(im)] for im in row]) for row in per_row])
+    for i, row in enumerate(per_row):
+      for j, im in enumerate(row):
+        if id(im) in done:
+          pixels[i, j] = done[id(im)]
+        else:
+          done[id(im)] = preprocess_image(im, size, self.image_method, self.antialias,
+                                          out=pixels[i, j])
+    return pixels
 
-  def _pad(self, rows: list[tuple[list[int], list[int]]], padding_side: str,
+  def _pad(self, rows: list[tuple[list[int], int]], padding_side: str,
            max_length: int | None) -> dict[str, np.ndarray]:
-    """Truncates (if max_length) and pads the rows into the output arrays."""
+    """Truncates (if max_length) and pads the rows, each (ids, number of prefix ids), into the
+    output arrays."""
     if max_length is not None:
       if not isinstance(max_length, (int, np.integer)) or max_length <= 0:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
       image_id = self.tokenizer.image_token_id
       for i, (ids, _) in enumerate(rows):
+        if len(ids) <= max_length:
+          continue
         keep = len(ids) - ids[::-1].index(image_id) + 1  # Through the bos after the last image block.
-        if len(ids) > max_length and keep > max_length:
+        if keep > max_length:
           raise ValueError(
               f"max_length={max_length} would cut into the image tokens of row {i} (they and their bos end at "
               f"{keep}); use max_length >= {keep}, it counts image tokens")
-      rows = [(ids[:max_length], types[:max_length]) for ids, types in rows]
+      rows = [(ids[:max_length], min(num_prefix, max_length)) for ids, num_prefix in rows]
     length = max(len(ids) for ids, _ in rows) if max_length is None else int(max_length)
     tokens = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
     input_mask = np.zeros((len(rows), length), bool)
     token_type_ids = np.zeros((len(rows), length), np.int32)
-    for i, (ids, types) in enumerate(rows):
+    for i, (ids, num_prefix) in enumerate(rows):
       start = length - len(ids) if padding_side == "left" else 0
       tokens[i, start:start + len(ids)] = ids
       input_mask[i, start:start + len(ids)] = True
-      token_type_ids[i, start:start + len(ids)] = types
+      token_type_ids[i, start + num_prefix:start + len(ids)] = 1  # the suffix and its eos
     return {
         "tokens": tokens,
         "input_mask": input_mask,
