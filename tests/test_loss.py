@@ -102,6 +102,31 @@ def test_jit_and_bf16_inputs():
   assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
 
 
+def test_float32_table_with_bf16_hidden_reads_it_as_bf16_chunks():
+  # The step passes the f32 master table: each chunk is cast to the hidden dtype, so the losses
+  # are those of the bf16-cast table, and the table's gradient comes back in f32.
+  hidden, embedding, targets = _random_problem()
+  hidden = hidden.astype(jnp.bfloat16)
+  fn = lambda e: token_losses(hidden, e, targets, chunk=16, label_smoothing=0.1)
+  np.testing.assert_array_equal(fn(embedding), fn(embedding.astype(jnp.bfloat16)))
+  grad = jax.grad(lambda e: fn(e).sum())(embedding)
+  want = jax.grad(lambda e: full_logits_losses(
+      hidden, e.astype(jnp.bfloat16), targets, 0.1).sum())(embedding)
+  assert grad.dtype == jnp.float32
+  np.testing.assert_allclose(grad, want, rtol=1e-2, atol=2e-3)  # want is rounded to bf16
+
+
+def test_a_table_that_is_not_differentiated_gets_no_gradient_computation():
+  hidden, embedding, targets = _random_problem()
+  loss = lambda h, e: token_losses(h, e, targets, chunk=16).sum()
+  only_hidden = jax.jit(jax.grad(loss)).lower(hidden, embedding).as_text()
+  both = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(hidden, embedding).as_text()
+  # The [V, D] gradient (a dynamic_update_slice per chunk) exists only when it is asked for.
+  assert "dynamic_update_slice" in both and "dynamic_update_slice" not in only_hidden
+  np.testing.assert_array_equal(jax.grad(loss)(hidden, embedding),
+                                jax.grad(loss, argnums=(0, 1))(hidden, embedding)[0])
+
+
 def _temp_bytes(fn, *args) -> int:
   compiled = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(*args).compile()
   return compiled.memory_analysis().temp_size_in_bytes

@@ -179,6 +179,38 @@ def test_frozen_params_stay_bit_identical_and_leave_the_gradient_norm():
   trained = [g for n, g in grads["params"].items() if n != "vision"]
   want = np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(trained)))
   np.testing.assert_allclose(history[0]["l2_grads"], want, rtol=1e-5)
+  # Differentiating the trained params alone gives them the same gradients, the frozen zeros.
+  _, _, masked = jax.jit(lambda p, b: step_lib.loss_and_grads(
+      CONFIG, p, b, step_lib.StepSettings(loss_start=NUM_IMAGE), trainable=trainable))(
+          params, batch)
+  for name in params["params"]:
+    for got, full in zip(jax.tree.leaves(masked["params"][name]),
+                         jax.tree.leaves(grads["params"][name])):
+      want = np.zeros_like(full) if name == "vision" else np.asarray(full)
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_einsum_backward_multiplies_in_bf16_with_the_same_products():
+  # The cotangent of a product that is rounded to bf16 is exact in bf16, so `_matmul_bf16`'s
+  # bf16 backward equals autodiff through the widened (f32) product up to summation order.
+  from paligemma_jax.models import layers
+  rng = np.random.default_rng(0)
+  x, w, g = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
+             for s in ((2, 5, 16), (16, 3, 4), (2, 5, 3, 4)))
+
+  def grads(product):
+    loss = lambda x, w: jnp.sum(product(x, w).astype(jnp.bfloat16).astype(jnp.float32) * g)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+  got = grads(lambda x, w: layers.einsum_f32("BTD,DNH->BTNH", x, w, bf16_cotangent=True))
+  want = grads(lambda x, w: jnp.einsum("BTD,DNH->BTNH", x.astype(jnp.float32),
+                                       w.astype(jnp.float32)))
+  for a, b in zip(got, want):
+    assert a.dtype == b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-2, atol=1e-2)
+  assert layers._matmul_dims("BTNH,NHD->BTD", (2, 5, 3, 4), (3, 4, 7)) == (10, 12, 7, (2, 5, 7))
+  assert layers._matmul_dims("BiPjQC,PQCW->BijW", (1, 2, 3, 2, 3, 3), (3, 3, 3, 8)) is None
 
 
 def test_pretrained_params_load_sharded_with_resampled_pos_embed(tmp_path):

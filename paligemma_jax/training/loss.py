@@ -10,7 +10,10 @@ embedding E [V, D], smoothing ls and true token y:
 (a logsumexp, the true-token logit, the plain sum of logits) that a scan over vocabulary chunks can
 carry, so the [B, T, V] logits (257,152 wide: 1 GiB per 1,024 tokens in f32) never exist whole.
 The gradient is a custom VJP that recomputes each chunk's logits, so the backward pass also holds
-one [B, T, chunk] block at a time (autodiff of the scan would store every chunk's logits).
+one [B, T, chunk] block at a time (autodiff of the scan would store every chunk's logits); it
+computes no [V, D] gradient when the table is not differentiated (a frozen embedding). The table
+may be the float32 master: each chunk is cast to the hidden states' dtype (bf16 in mixed
+precision) as it is read, and its gradient is summed in the table's dtype.
 
 Reduction (big_vision, not HF): mean over each example's supervised tokens, then over the batch.
 """
@@ -30,6 +33,13 @@ def _chunking(vocab: int, chunk: int) -> tuple[int, int]:
   return width, -(-vocab // width)
 
 
+def _chunk_rows(embedding_VxD: jax.Array, start: jax.Array, width: int, dtype: jnp.dtype
+                ) -> jax.Array:
+  """Rows [start, start + C) of the table in `dtype` (the hidden states'): a float32 master
+  table is cast a chunk at a time, never as a whole [V, D] copy."""
+  return jax.lax.dynamic_slice_in_dim(embedding_VxD, start, width, axis=0).astype(dtype)
+
+
 def _chunk_logits(hidden_BxTxD: jax.Array, embedding_VxD: jax.Array, i: jax.Array, width: int,
                   softcap: float | None) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Chunk i's f32 logits [B, T, C], their column ids [C], validity [C] and tanh (softcap) or None.
@@ -39,7 +49,7 @@ def _chunk_logits(hidden_BxTxD: jax.Array, embedding_VxD: jax.Array, i: jax.Arra
   """
   vocab = embedding_VxD.shape[0]
   start = jnp.minimum(i * width, vocab - width)
-  emb_CxD = jax.lax.dynamic_slice_in_dim(embedding_VxD, start, width, axis=0)
+  emb_CxD = _chunk_rows(embedding_VxD, start, width, hidden_BxTxD.dtype)
   logits_BxTxC = jnp.einsum("btd,cd->btc", hidden_BxTxD, emb_CxD,
                             preferred_element_type=jnp.float32)
   tanh_BxTxC = None
@@ -89,15 +99,18 @@ def _token_losses(hidden_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_BxT
   return _forward(hidden_BxTxD, embedding_VxD, targets_BxT, label_smoothing, chunk, softcap)[0]
 
 
-def _token_losses_fwd(hidden_BxTxD, embedding_VxD, targets_BxT, label_smoothing, chunk, softcap):
+def _token_losses_fwd(hidden, embedding, targets, label_smoothing, chunk, softcap):
+  """`symbolic_zeros`: each primal comes with `perturbed`, so the backward knows whether the
+  embedding is differentiated at all (a frozen table needs no [V, D] gradient)."""
+  hidden_BxTxD, embedding_VxD, targets_BxT = hidden.value, embedding.value, targets.value
   loss_BxT, lse_BxT = _forward(hidden_BxTxD, embedding_VxD, targets_BxT, label_smoothing, chunk,
                                softcap)
-  return loss_BxT, (hidden_BxTxD, embedding_VxD, targets_BxT, lse_BxT)
+  return loss_BxT, (hidden_BxTxD, embedding_VxD, targets_BxT, lse_BxT, embedding.perturbed)
 
 
 def _token_losses_bwd(label_smoothing, chunk, softcap, residuals, g_BxT):
   """∂ℓ/∂z_v = softmax(z)_v − q_v, recomputed chunk by chunk; chained through the softcap's tanh."""
-  hidden_BxTxD, embedding_VxD, targets_BxT, lse_BxT = residuals
+  hidden_BxTxD, embedding_VxD, targets_BxT, lse_BxT, embedding_grad = residuals
   vocab = embedding_VxD.shape[0]
   width, n = _chunking(vocab, chunk)
   off = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
@@ -114,11 +127,13 @@ def _token_losses_bwd(label_smoothing, chunk, softcap, residuals, g_BxT):
     if softcap:
       dlogits_BxTxC = dlogits_BxTxC * (1.0 - tanh_BxTxC * tanh_BxTxC)
     start = jnp.minimum(i * width, vocab - width)
-    emb_CxD = jax.lax.dynamic_slice_in_dim(embedding_VxD, start, width, axis=0)
-    # The matmuls take the operands' dtype (bf16 in mixed precision) and accumulate in f32.
-    dlogits_BxTxC = dlogits_BxTxC.astype(embedding_VxD.dtype)
+    emb_CxD = _chunk_rows(embedding_VxD, start, width, hidden_BxTxD.dtype)
+    # The matmuls take the hidden states' dtype (bf16 in mixed precision), accumulate in f32.
+    dlogits_BxTxC = dlogits_BxTxC.astype(emb_CxD.dtype)
     grad_hidden_BxTxD = grad_hidden_BxTxD + jnp.einsum(
         "btc,cd->btd", dlogits_BxTxC, emb_CxD, preferred_element_type=jnp.float32)
+    if grad_emb_VxD is None:
+      return (grad_hidden_BxTxD, None), None
     grad_emb_CxD = jnp.einsum("btc,btd->cd", dlogits_BxTxC,
                               hidden_BxTxD.astype(dlogits_BxTxC.dtype),
                               preferred_element_type=jnp.float32)
@@ -129,12 +144,13 @@ def _token_losses_bwd(label_smoothing, chunk, softcap, residuals, g_BxT):
         grad_emb_VxD, rows_CxD + grad_emb_CxD.astype(grad_emb_VxD.dtype), start, axis=0)
     return (grad_hidden_BxTxD, grad_emb_VxD), None
 
-  init = (jnp.zeros(hidden_BxTxD.shape, jnp.float32), jnp.zeros_like(embedding_VxD))
+  init = (jnp.zeros(hidden_BxTxD.shape, jnp.float32),
+          jnp.zeros_like(embedding_VxD) if embedding_grad else None)
   (grad_hidden_BxTxD, grad_emb_VxD), _ = jax.lax.scan(body, init, jnp.arange(n))
   return (grad_hidden_BxTxD.astype(hidden_BxTxD.dtype), grad_emb_VxD, None)
 
 
-_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
+_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd, symbolic_zeros=True)
 
 
 def token_losses(hidden_BxTxD: jax.Array, embedding_VxD: jax.Array, targets_BxT: jax.Array, *,

@@ -16,7 +16,9 @@ averaged over the batch. The final-logit softcap is not applied (big_vision's tr
 
 Numerics: params are float32 masters; the step casts them to the model's compute dtype (bf16)
 before the forward, so the gradients arrive in float32 through the cast and FSDP gathers move
-half the bytes.
+half the bytes. The loss's LM head reads the float32 table and casts it a vocabulary chunk at a
+time (the same bf16 values; no [V, D] bf16 copy is written for it). Only the trainable params
+are differentiated: frozen ones (`trainable` False) get zero gradients and no backward work.
 
 Gradient accumulation: the batch [B] is split into k micro-batches of B / k rows (row i goes to
 micro-batch i mod k, which keeps every micro-batch evenly spread over the data shards); a
@@ -73,11 +75,13 @@ def _cast(params: Any, dtype: jnp.dtype) -> Any:
 
 
 def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
-               settings: StepSettings, dropout_rng: jax.Array | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+               settings: StepSettings, dropout_rng: jax.Array | None = None,
+               lm_head: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(big_vision loss, {per_example [B], sup_len [B]}) of a batch; params in any dtype.
 
-  `dropout_rng` turns the LLM's dropout on (a no-op when `config.text.dropout` is 0)."""
+  `dropout_rng` turns the LLM's dropout on (a no-op when `config.text.dropout` is 0).
+  `lm_head`: the tied table the loss reads (default: the params' `llm/embedding`); the step
+  passes the float32 master, which the loss casts a vocabulary chunk at a time."""
   text = shift_for_loss(batch["tokens"], batch["mask_ar"], batch["mask_loss"])
   input_mask_BxS = batch["input_mask"][:, :-1]
   start = settings.loss_start
@@ -93,7 +97,7 @@ def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Ar
 
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
   h_BxTxD = nn.apply(forward, PaliGemma(config))(params, rngs=rngs)
-  embedding_VxD = params["params"]["llm"]["embedding"]
+  embedding_VxD = params["params"]["llm"]["embedding"] if lm_head is None else lm_head
   losses_BxT = token_losses(h_BxTxD, embedding_VxD, text.targets[:, start:],
                             label_smoothing=settings.label_smoothing, chunk=settings.vocab_chunk)
   mask_BxT = text.mask_loss[:, start:]
@@ -113,20 +117,40 @@ def _micro_batches(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Arra
 
 def loss_and_grads(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
                    settings: StepSettings, dropout_rng: jax.Array | None = None,
-                   base: dict | None = None) -> tuple[jax.Array, jax.Array, dict]:
+                   base: dict | None = None, trainable: Any = None
+                   ) -> tuple[jax.Array, jax.Array, dict]:
   """(loss, sup_len [B or k x B/k], float32 grads of `params`), accumulated over
   `settings.micro_batches`. `base`: the frozen params joined to `params` (LoRA), not
-  differentiated.
+  differentiated. `trainable` (bools shaped like `params`, None = all): the params that are
+  differentiated; the others get zero gradients without any backward work (a frozen
+  embedding's would be a [V, D] scatter and the LM head's weight product).
 
   `dropout_rng`: None (no dropout) or this step's key; micro-batch j gets `fold_in(key, j)`."""
   compute = config.compute_dtype
+  leaves, treedef = jax.tree.flatten(params)
+  keep = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
+  frozen = [None if k else x for x, k in zip(leaves, keep)]
 
-  def loss_fn(p, b, rng):
+  def loss_fn(trained, b, rng):
+    it = iter(trained)
+    p = treedef.unflatten([next(it) if f is None else f for f in frozen])
+    # The LM head reads the table uncast: a [V, D] compute-dtype copy of it is never written
+    # for the loss (its gradient, when trained, is summed in f32 chunk by chunk).
+    head = p["params"].get("llm", {}).get("embedding")
     p = _cast(p, compute)
-    loss, aux = batch_loss(config, p if base is None else lora.join(base, p), b, settings, rng)
+    joined = p if base is None else lora.join(base, p)
+    loss, aux = batch_loss(config, joined, b, settings, rng, head)
     return loss, aux["sup_len"]
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grad_fn(p, b, rng):
+    (loss, sup_len), trained_grads = value_and_grad(
+        [x for x, k in zip(jax.tree.leaves(p), keep) if k], b, rng)
+    it = iter(trained_grads)
+    grads = [next(it) if k else jnp.zeros(x.shape, x.dtype) for x, k in zip(leaves, keep)]
+    return (loss, sup_len), treedef.unflatten(grads)
+
   k = settings.micro_batches
   if k == 1:
     (loss, sup_len), grads = grad_fn(params, batch, dropout_rng)
@@ -164,7 +188,8 @@ def train_step(config: PaliGemmaConfig, tx: optax.GradientTransformation,
   dropout_rng = None
   if uses_dropout(config):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
-  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings, dropout_rng, base)
+  loss, sup_len, grads = loss_and_grads(config, state.params, batch, settings, dropout_rng, base,
+                                       trainable)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = _l2(grads, trainable)
