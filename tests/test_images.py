@@ -81,6 +81,18 @@ def test_out_receives_the_same_pixels(method: str, antialias: bool):
     preprocess_image(RGB, 70, method, antialias, out=np.empty((70, 140, 3), np.float32)[:, ::2])
 
 
+def test_threads_resizing_at_once_get_the_serial_pixels():
+  # The resize reuses per-thread buffers (Grain's reader threads call it concurrently).
+  from concurrent.futures import ThreadPoolExecutor
+  images = [RNG.integers(0, 256, (150 + 7 * i, 200 - 5 * i, 3), dtype=np.uint8) for i in range(8)]
+  jobs = [(image, size, method) for image in images for size in (40, 130) for method in ("hf", "big_vision")]
+  serial = [preprocess_image(*job) for job in jobs]
+  with ThreadPoolExecutor(4) as pool:
+    threaded = list(pool.map(lambda job: preprocess_image(*job), jobs * 3))
+  for i, got in enumerate(threaded):
+    np.testing.assert_array_equal(got, serial[i % len(jobs)])
+
+
 def test_alpha_handling_differs_by_method():
   transparent = np.zeros((8, 8, 4), np.uint8)
   transparent[..., 0] = 200  # red but fully transparent

@@ -24,6 +24,8 @@ HF itself mishandles float arrays (it rescales them by 1/255 twice), so there is
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,10 +87,15 @@ def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool 
 
 
 def _hf_scale(resized: np.ndarray, out: np.ndarray) -> None:
-  """out = HF's rescale (float64 x * (1/255), cast to float32) then (x - 0.5) / 0.5, in place."""
-  scaled = resized.astype(np.float64)
-  scaled *= 1 / 255
-  out[...] = scaled  # float64 -> float32, rounded as astype rounds
+  """out = HF's rescale (float64 x * (1/255), cast to float32) then (x - 0.5) / 0.5, in place,
+  by row blocks through a reused float64 buffer (see `_scratch`)."""
+  rows_in, rows_out = resized.reshape(len(resized), -1), out.reshape(len(out), -1)
+  for start in range(0, len(rows_in), BLOCK_ROWS):
+    stop = min(start + BLOCK_ROWS, len(rows_in))
+    scaled = _scratch("hf", (stop - start, rows_in.shape[1]), np.float64)
+    np.copyto(scaled, rows_in[start:stop])
+    scaled *= 1 / 255
+    np.copyto(rows_out[start:stop], scaled, casting="same_kind")  # rounded as astype rounds
   out -= np.float32(0.5)
   out /= np.float32(0.5)
 
@@ -189,7 +196,7 @@ def _bilinear_blocks(rgb: np.ndarray, size: int) -> Iterator[tuple[int, int, np.
   """TF's half-pixel bilinear resize of uint8 [H, W, C] to [size, size, C], by row blocks.
 
   Yields (start, stop, uint8 [stop - start, size * C]): output rows start..stop, channels
-  interleaved. Bit-identical to `tf.image.resize(..., "bilinear")` then clip and truncation: per
+  interleaved, in a buffer that the next block overwrites. Bit-identical to `tf.image.resize(..., "bilinear")` then clip and truncation: per
   output value the same float32 operations in TF's order (lerp along x of the two source rows,
   then along y). NumPy rather than TF so that no TensorFlow is needed; it is about as fast as TF's
   kernel here because each block of rows is done while in cache, and gathers index single
@@ -204,22 +211,51 @@ def _bilinear_blocks(rgb: np.ndarray, size: int) -> Iterator[tuple[int, int, np.
   x_frac = np.repeat(x_frac, channels)
   y_frac = y_frac[:, None]
   rows = rgb.reshape(height, width * channels)
+  row = size * channels
   for start in range(0, size, BLOCK_ROWS):
     stop = min(start + BLOCK_ROWS, size)
     first, last = y_lo[start], y_hi[stop - 1] + 1  # the source rows this block reads
-    lo = np.take(rows[first:last], left, axis=1).astype(np.float32)
-    hi = np.take(rows[first:last], right, axis=1).astype(np.float32)
+    gathered = _scratch("gathered", (last - first, row), np.uint8)
+    lo = _scratch("lo", (last - first, row), np.float32)
+    hi = _scratch("hi", (last - first, row), np.float32)
+    np.take(rows[first:last], left, axis=1, out=gathered, mode="clip")  # indices are in range
+    np.copyto(lo, gathered)
+    np.take(rows[first:last], right, axis=1, out=gathered, mode="clip")
+    np.copyto(hi, gathered)
     hi -= lo
     hi *= x_frac
     lo += hi  # each source row lerped along x: lo + (hi - lo) * fx
-    top = np.take(lo, y_lo[start:stop] - first, axis=0)
-    bottom = np.take(lo, y_hi[start:stop] - first, axis=0)
+    top = _scratch("top", (stop - start, row), np.float32)
+    bottom = _scratch("bottom", (stop - start, row), np.float32)
+    np.take(lo, y_lo[start:stop] - first, axis=0, out=top, mode="clip")
+    np.take(lo, y_hi[start:stop] - first, axis=0, out=bottom, mode="clip")
     bottom -= top
     bottom *= y_frac[start:stop]
     top += bottom  # then along y: top + (bottom - top) * fy
     # Each lerp lies between its two uint8 inputs up to float32 rounding (never below 0 or
     # at 256), so truncating without TF's clip gives the same uint8.
-    yield start, stop, top.astype(np.uint8)
+    resized = _scratch("resized", (stop - start, row), np.uint8)
+    np.copyto(resized, top, casting="unsafe")  # truncation, as astype(np.uint8)
+    yield start, stop, resized
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+  """This thread's reusable C-contiguous array `name` of `shape` (contents undefined).
+
+  The resize's temporaries live here rather than in fresh arrays: glibc serves blocks of this
+  size (hundreds of KB to MB) by mmap or hands them back to the OS when freed, so fresh ones cost
+  a page fault per 4 KB on every image; at 896 px that took more time in the kernel than the
+  resize itself in Grain's reader threads.
+  """
+  count = math.prod(shape)
+  buffer = getattr(_SCRATCH, name, None)
+  if buffer is None or buffer.size < count or buffer.dtype != dtype:
+    buffer = np.empty(count, dtype)
+    setattr(_SCRATCH, name, buffer)
+  return buffer[:count].reshape(shape)
 
 
 def _half_pixel_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
