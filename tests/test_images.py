@@ -148,3 +148,37 @@ def test_check_pixel_values():
     check_pixel_values(pixels * 2, 16)
   with pytest.raises(ValueError, match="must be float"):
     check_pixel_values(RGB[None, :16, :16], 16)
+
+
+def _encoded(image: PIL.Image.Image, fmt: str) -> bytes:
+  import io
+  out = io.BytesIO()
+  image.save(out, format=fmt)
+  return out.getvalue()
+
+
+@pytest.mark.parametrize("image,fmt,channels", [
+    pytest.param(PIL.Image.fromarray(RGB), "JPEG", 3, id="rgb-jpeg"),
+    pytest.param(PIL.Image.fromarray(GRAY), "JPEG", 3, id="gray-jpeg"),
+    pytest.param(PIL.Image.fromarray(RGBA), "PNG", 4, id="rgba-png"),
+    pytest.param(_palette_with_transparency(), "PNG", 4, id="palette-transparency-png"),
+])
+def test_pil_decoder_gives_converted_pixels(image, fmt: str, channels: int):
+  import io
+  from paligemma_jax.data.tfds_input import decode_image
+  data = _encoded(image, fmt)
+  got = decode_image(data, "pil")
+  want = np.asarray(PIL.Image.open(io.BytesIO(data)).convert("RGB" if channels == 3 else "RGBA"))
+  assert got.dtype == np.uint8 and got.shape == image.size[::-1] + (channels,)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_pil_jpeg_decode_is_tfs_accurate_dct():
+  # What benchmarks/input_throughput.py relies on to give tf.data the same decode as "pil";
+  # TF's default (big_vision's decode, the "tf" decoder) uses the fast, less exact DCT.
+  import tensorflow as tf
+  from paligemma_jax.data.tfds_input import decode_image
+  smooth = np.clip(RNG.normal(128, 60, (64, 80, 3)), 0, 255).astype(np.uint8)
+  data = _encoded(PIL.Image.fromarray(smooth), "JPEG")
+  accurate = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+  np.testing.assert_array_equal(decode_image(data, "pil"), accurate)

@@ -181,7 +181,9 @@ def decode_image(data: bytes, decoder: str = "pil") -> np.ndarray:
   try:
     with PIL.Image.open(io.BytesIO(data)) as image:
       alpha = "A" in image.getbands() or "transparency" in image.info
-      return np.asarray(image.convert("RGBA" if alpha else "RGB"))
+      mode = "RGBA" if alpha else "RGB"
+      # convert() to the image's own mode would only copy it (most JPEGs are RGB already).
+      return np.asarray(image if image.mode == mode else image.convert(mode))
   except (OSError, PIL.UnidentifiedImageError, ValueError) as e:
     raise ValueError(f"cannot decode image: {e}") from None
 
