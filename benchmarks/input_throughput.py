@@ -1,22 +1,35 @@
 """Examples/s of the training input (JPEG decode -> resize -> tokens -> batch), ours vs tf.data.
 
     python benchmarks/input_throughput.py                       # 224, 448, 896; 256 JPEGs
-    python benchmarks/input_throughput.py --sizes 224 --examples 512 --threads 4
+    python benchmarks/input_throughput.py --image_method hf --sizes 224 --repeats 5
 
 Both sides read the same 640x480 JPEGs (noisy gradients, ~100 KB each, like photos) from one
 TFDS dataset built in a temporary folder: ours (Grain, `TrainInput`) from its array_record
-shards, tf.data from its tfrecord shards (`tfds.load`). Per example both decode the JPEG, resize it
-to the model's resolution, scale it to [-1, 1], tokenize the prompt and a caption at a fixed
-length and batch. Ours resizes as HF does (PIL bicubic, antialiased: the processor's default);
-tf.data runs twice: with the same filter (`bicubic`, `antialias=True`: the same work) and with
-big_vision's plain bilinear (4 taps per pixel, far cheaper at 224 from 640x480). tf.data tokenizes
-through `tf.numpy_function` with the same SentencePiece model, since tensorflow-text (big_vision's
-op) is not a dependency here.
-The tokenizer is a stand-in trained on the spot (its speed is what matters, not its vocabulary).
+shards, tf.data from its tfrecord shards (`tfds.load`), and both do the same work per example:
 
-Each side runs `--batches` batches after one warm-up batch, sides alternating per resolution.
-On a shared machine the figures move by tens of percent between runs: compare ratios from the
-same run only.
+- decode: `--decoder pil` (the transfer configs' `image_decoder`) is libjpeg's accurate integer
+  DCT; tf.data decodes with `tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`, which gives
+  the same pixels (checked here at start-up). `--decoder tf` is `tf.io.decode_image` on both
+  sides (TF's default, faster and less exact DCT, as big_vision's `decode`).
+- resize and scale: `--image_method big_vision` (what configs/transfers/ train with) is
+  `tf.image.resize` bilinear with half-pixel centres (`--antialias` as the task config says,
+  default off), clipped and truncated to uint8, then `x / 255 * 2 - 1`: ours computes exactly
+  the same floats (data/images.py, checked here); tf.data runs those TF ops. `--image_method hf`
+  (the processor's default) is PIL bicubic, antialiased, rounded to uint8; tf.data then runs
+  `tf.image.resize(..., "bicubic", antialias=True)` and rounds: the same filter and the same
+  amount of work, not the same pixels (PIL and TF weight the taps differently).
+- text: the prompt "caption en" and a caption through the same `Processor.text_arrays` at a fixed
+  `text_len` with right padding, all six token arrays (tf.data through `tf.numpy_function`,
+  since tensorflow-text, big_vision's tokenizer op, is not a dependency here). The tokenizer is a
+  stand-in trained on the spot (its speed is what matters, not its vocabulary).
+- batching: float32 images [B, 1, S, S, 3] and int32 tokens, `--batch` rows.
+
+Ours additionally shuffles and mixes through `TrainInput` (per example: a seeded choice of
+caption, skip bookkeeping), which is part of what it costs.
+
+Each side runs `--batches` batches after one warm-up batch, `--repeats` times alternating
+sides, and the best rate of each is printed. On a shared machine the figures move by tens of
+percent between runs: compare ratios from the same run only.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import numpy as np
 import PIL.Image
 
 IMAGE_TOKENS = {224: 256, 448: 1024, 896: 4096}
+PROMPT = "caption en"
 
 
 def cpu_description() -> str:
@@ -87,51 +101,84 @@ def build_dataset(data_dir: pathlib.Path, examples: int) -> None:
                 ).download_and_prepare()
 
 
-def ours(data_dir: pathlib.Path, processor, batch: int, text_len: int, threads: int):
+def ours(data_dir: pathlib.Path, processor, args: argparse.Namespace):
   from paligemma_jax.data.input_config import InputConfig, MemberConfig
   from paligemma_jax.data.input_pipeline import TrainInput
 
-  config = InputConfig(members=(MemberConfig(name="bench_photos", data_dir=str(data_dir)),),
-                       batch_size=batch, text_len=text_len, read_threads=threads,
-                       prefetch_buffer=2 * batch)
+  member = MemberConfig(name="bench_photos", data_dir=str(data_dir), image_decoder=args.decoder)
+  config = InputConfig(members=(member,), batch_size=args.batch, text_len=args.text_len,
+                       read_threads=args.threads, prefetch_buffer=2 * args.batch,
+                       worker_processes=args.workers)
   return TrainInput(config, processor)
 
 
-def tf_data(data_dir: pathlib.Path, tokenizer, size: int, tokens: int, batch: int,
-            text_len: int, antialiased_bicubic: bool):
+def tf_decode(data, decoder: str):
+  """tf.data's decode doing what ours does for `decoder` (see the module docstring)."""
+  import tensorflow as tf
+
+  if decoder == "pil":
+    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+  return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def tf_resize(image, size: int, method: str, antialias: bool):
+  """float32 [size, size, 3] in [-1, 1]: the TF ops of the module docstring."""
+  import tensorflow as tf
+
+  if method == "big_vision":
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=antialias)
+    image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)  # truncation, as big_vision
+    return tf.cast(image, tf.float32) / 255 * 2 - 1
+  image = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
+  image = tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)  # PIL rounds
+  return tf.cast(image, tf.float32) / 255 * 2 - 1
+
+
+def tf_data(data_dir: pathlib.Path, processor, args: argparse.Namespace):
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
-  image_id, bos, eos, pad = tokenizer.image_token_id, tokenizer.bos_id, tokenizer.eos_id, 0
-  length = tokens + text_len
+  size = processor.image_size
+  length = processor.num_image_tokens + args.text_len
+  keys = ("tokens", "input_mask", "token_type_ids", "mask_ar", "mask_loss", "labels")
 
-  def tokenize(caption: bytes) -> tuple[np.ndarray, np.ndarray]:
-    prefix = [image_id] * tokens + [bos] + tokenizer.encode("caption en\n")
-    ids = (prefix + tokenizer.encode(caption.decode()) + [eos])[:length]
-    loss = ([0] * len(prefix) + [1] * (length - len(prefix)))[:len(ids)]
-    out = np.full(length, pad, np.int32)
-    out[:len(ids)] = ids
-    mask = np.zeros(length, np.int32)
-    mask[:len(loss)] = loss
-    return out, mask
+  def text_arrays(caption: bytes) -> list[np.ndarray]:
+    out = processor.text_arrays([PROMPT], [caption.decode()], 1, padding_side="right",
+                                max_length=length)
+    return [out[k][0] for k in keys]
 
   def prepare(example):
-    image = tf.io.decode_jpeg(example["image"], channels=3)
-    if antialiased_bicubic:
-      image = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
-    else:
-      image = tf.image.resize(image, (size, size), method="bilinear")
-    image = tf.clip_by_value(image, 0, 255) / 127.5 - 1
+    image = tf_resize(tf_decode(example["image"], args.decoder), size, args.image_method,
+                      args.antialias)
     caption = example["captions"]["text"][0]
-    ids, mask = tf.numpy_function(tokenize, [caption], (tf.int32, tf.int32))
-    ids.set_shape([length])
-    mask.set_shape([length])
-    return {"images": image, "tokens": ids, "mask_loss": mask}
+    arrays = tf.numpy_function(text_arrays, [caption],
+                               [tf.bool if k == "input_mask" else tf.int32 for k in keys])
+    out = {"images": image[None]}
+    for key, array in zip(keys, arrays):
+      array.set_shape([length])
+      out[key] = array
+    return out
 
   ds = tfds.load("bench_photos", split="train", data_dir=str(data_dir), shuffle_files=True,
                  decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.repeat().shuffle(1000).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds.batch(batch, drop_remainder=True).prefetch(2)))
+  return iter(tfds.as_numpy(ds.batch(args.batch, drop_remainder=True).prefetch(2)))
+
+
+def check_same_work(jpeg: bytes, processor, args: argparse.Namespace) -> str:
+  """Asserts ours and the TF ops give the same decoded pixels (and, for big_vision, the same
+  floats); returns a short note on the pixels."""
+  from paligemma_jax.data.tfds_input import decode_image
+
+  decoded = decode_image(jpeg, args.decoder)
+  np.testing.assert_array_equal(decoded, tf_decode(jpeg, args.decoder).numpy())
+  ours_pixels = processor([decoded], [PROMPT])["images"][0, 0]
+  theirs = tf_resize(decoded, processor.image_size, args.image_method, args.antialias).numpy()
+  if args.image_method == "big_vision":
+    np.testing.assert_array_equal(ours_pixels, theirs)
+    return "same decoded pixels, same floats"
+  steps = np.abs(ours_pixels - theirs).max() * 127.5
+  return f"same decoded pixels; PIL vs TF bicubic differ by up to {steps:.0f} uint8 steps"
 
 
 def rate(iterator, batches: int, batch: int) -> float:
@@ -148,9 +195,18 @@ def main() -> None:
   parser.add_argument("--examples", type=int, default=256)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--batches", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per side")
   parser.add_argument("--text_len", type=int, default=32)
   parser.add_argument("--threads", type=int, default=4, help="our reader threads")
+  parser.add_argument("--workers", type=int, default=0, help="our worker processes (0: threads)")
+  parser.add_argument("--decoder", choices=("pil", "tf"), default="pil")
+  parser.add_argument("--image_method", choices=("big_vision", "hf"), default="big_vision")
+  parser.add_argument("--antialias", action="store_true", help="big_vision resize's antialias")
   args = parser.parse_args()
+  if args.workers:
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
 
   from paligemma_jax.data.processor import Processor
   from paligemma_jax.data.standin_tokenizer import train_standin_tokenizer
@@ -161,17 +217,22 @@ def main() -> None:
     tmp = pathlib.Path(tmp)
     build_dataset(tmp, args.examples)
     tokenizer = Tokenizer(train_standin_tokenizer(tmp / "standin"))
-    print(f"{'size':>5} {'ours ex/s':>10} {'tf.data same filter':>20} {'ratio':>6} "
-          f"{'tf.data bilinear':>17} {'ratio':>6}")
+    work = (f"decoder {args.decoder}, image_method {args.image_method}"
+            f"{', antialias' if args.antialias else ''}, text_len {args.text_len}, "
+            f"batch {args.batch}, our threads {args.threads} x processes {max(args.workers, 1)}, best of {args.repeats}")
+    print(f"{work}\n{'size':>5} {'ours ex/s':>10} {'tf.data ex/s':>13} {'ratio':>6}  check")
     for size in args.sizes:
-      processor = Processor(tokenizer, size, IMAGE_TOKENS[size])
-      ours_rate = rate(ours(tmp / "array_record", processor, args.batch, args.text_len,
-                            args.threads), args.batches, args.batch)
-      tf_rates = [rate(tf_data(tmp / "tfrecord", tokenizer, size, IMAGE_TOKENS[size], args.batch,
-                               args.text_len, antialiased_bicubic), args.batches, args.batch)
-                  for antialiased_bicubic in (True, False)]
-      print(f"{size:>5} {ours_rate:>10.1f} {tf_rates[0]:>20.1f} {ours_rate / tf_rates[0]:>6.2f} "
-            f"{tf_rates[1]:>17.1f} {ours_rate / tf_rates[1]:>6.2f}")
+      processor = Processor(tokenizer, size, IMAGE_TOKENS[size], args.image_method,
+                            antialias=args.antialias)
+      note = check_same_work(photo_jpeg(0), processor, args)
+      rates = {"ours": 0.0, "tf": 0.0}
+      for _ in range(args.repeats):
+        rates["ours"] = max(rates["ours"], rate(ours(tmp / "array_record", processor, args),
+                                                args.batches, args.batch))
+        rates["tf"] = max(rates["tf"], rate(tf_data(tmp / "tfrecord", processor, args),
+                                            args.batches, args.batch))
+      print(f"{size:>5} {rates['ours']:>10.1f} {rates['tf']:>13.1f} "
+            f"{rates['ours'] / rates['tf']:>6.2f}  {note}")
 
 
 if __name__ == "__main__":
