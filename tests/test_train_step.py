@@ -190,6 +190,18 @@ def test_frozen_params_stay_bit_identical_and_leave_the_gradient_norm():
       np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
 
 
+def test_bf16_step_casts_every_param_but_the_tied_table():
+  # The table stays the f32 master: the embedding gathers rows from it and the LM head casts it
+  # a vocabulary chunk at a time, so no bf16 copy of all V rows is written per step.
+  params = random_params(CONFIG)
+  cast = step_lib._cast_but_embedding(params, jnp.bfloat16)
+  assert cast["params"]["llm"]["embedding"] is params["params"]["llm"]["embedding"]
+  rest = [x for path, x in jax.tree_util.tree_leaves_with_path(cast)
+          if "embedding" not in jax.tree_util.keystr(path)]
+  assert rest and all(x.dtype == jnp.bfloat16 for x in rest)
+  assert params["params"]["llm"]["final_norm"]["scale"].dtype == jnp.float32  # input untouched
+
+
 def test_bf16_einsum_backward_multiplies_in_bf16_with_the_same_products():
   # The cotangent of a product that is rounded to bf16 is exact in bf16, so `_matmul_bf16`'s
   # bf16 backward equals autodiff through the widened (f32) product up to summation order.

@@ -16,9 +16,9 @@ averaged over the batch. The final-logit softcap is not applied (big_vision's tr
 
 Numerics: params are float32 masters; the step casts them to the model's compute dtype (bf16)
 before the forward, so the gradients arrive in float32 through the cast and FSDP gathers move
-half the bytes. The loss's LM head reads the float32 table and casts it a vocabulary chunk at a
-time (the same bf16 values; no [V, D] bf16 copy is written for it). Only the trainable params
-are differentiated: frozen ones (`trainable` False) get zero gradients and no backward work.
+half the bytes. The tied embedding is the exception: it stays float32 (see
+`_cast_but_embedding`). Only the trainable params are differentiated: frozen ones (`trainable`
+False) get zero gradients and no backward work.
 
 Gradient accumulation: the batch [B] is split into k micro-batches of B / k rows (row i goes to
 micro-batch i mod k, which keeps every micro-batch evenly spread over the data shards); a
@@ -74,14 +74,25 @@ def _cast(params: Any, dtype: jnp.dtype) -> Any:
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
+def _cast_but_embedding(params: Any, dtype: jnp.dtype) -> Any:
+  """`_cast`, except the tied [V, D] table, which stays as it is (the f32 master): the input
+  embedding gathers its few rows from it (rows times sqrt(D) in f32, then the compute dtype, as
+  HF under autocast) and the loss's LM head casts it a vocabulary chunk at a time, so no
+  compute-dtype copy of the whole table is written each step."""
+  table = params["params"].get("llm", {}).get("embedding")
+  params = _cast(params, dtype)
+  if table is None:
+    return params
+  llm = {**params["params"]["llm"], "embedding": table}
+  return {**params, "params": {**params["params"], "llm": llm}}
+
+
 def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Array],
-               settings: StepSettings, dropout_rng: jax.Array | None = None,
-               lm_head: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+               settings: StepSettings, dropout_rng: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(big_vision loss, {per_example [B], sup_len [B]}) of a batch; params in any dtype.
 
-  `dropout_rng` turns the LLM's dropout on (a no-op when `config.text.dropout` is 0).
-  `lm_head`: the tied table the loss reads (default: the params' `llm/embedding`); the step
-  passes the float32 master, which the loss casts a vocabulary chunk at a time."""
+  `dropout_rng` turns the LLM's dropout on (a no-op when `config.text.dropout` is 0)."""
   text = shift_for_loss(batch["tokens"], batch["mask_ar"], batch["mask_loss"])
   input_mask_BxS = batch["input_mask"][:, :-1]
   start = settings.loss_start
@@ -97,7 +108,7 @@ def batch_loss(config: PaliGemmaConfig, params: dict, batch: Mapping[str, jax.Ar
 
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
   h_BxTxD = nn.apply(forward, PaliGemma(config))(params, rngs=rngs)
-  embedding_VxD = params["params"]["llm"]["embedding"] if lm_head is None else lm_head
+  embedding_VxD = params["params"]["llm"]["embedding"]
   losses_BxT = token_losses(h_BxTxD, embedding_VxD, text.targets[:, start:],
                             label_smoothing=settings.label_smoothing, chunk=settings.vocab_chunk)
   mask_BxT = text.mask_loss[:, start:]
@@ -133,13 +144,9 @@ def loss_and_grads(config: PaliGemmaConfig, params: dict, batch: Mapping[str, ja
 
   def loss_fn(trained, b, rng):
     it = iter(trained)
-    p = treedef.unflatten([next(it) if f is None else f for f in frozen])
-    # The LM head reads the table uncast: a [V, D] compute-dtype copy of it is never written
-    # for the loss (its gradient, when trained, is summed in f32 chunk by chunk).
-    head = p["params"].get("llm", {}).get("embedding")
-    p = _cast(p, compute)
-    joined = p if base is None else lora.join(base, p)
-    loss, aux = batch_loss(config, joined, b, settings, rng, head)
+    p = _cast_but_embedding(treedef.unflatten([next(it) if f is None else f for f in frozen]),
+                            compute)
+    loss, aux = batch_loss(config, p if base is None else lora.join(base, p), b, settings, rng)
     return loss, aux["sup_len"]
 
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
