@@ -49,8 +49,9 @@ CASES = [
     ("BTF,FD->BTD", (5, 1, 1100), (1100, 50)),           # down
     ("BTD,VD->BTV", (8, 1, 50), (301, 50)),              # LM head: contraction minor
     ("BTD,VD->BTV", (1, 1, 2051), (67, 2051)),
-    ("BTD,VD->BTV", (6, 1, 33), (1001, 33)),             # two row groups, blocks prefetched
     ("BTD,CDF->CBTF", (4, 1, 24), (2, 24, 40)),          # leading weight axis (L > 1)
+    ("BTD,VD->BTV", (6, 1, 33), (1001, 33)),             # LM head: two row groups, prefetch
+    ("BTD,DF->BTF", (7, 1, 70), (70, 1100)),             # gate / up past 4 rows (8 pairs)
 ]
 
 
@@ -67,6 +68,18 @@ def test_kernel_equals_einsum(kernels, spec, x_shape, w_shape, x_dtype):
   bf16_kernel = kernels == "avx512bf16" and x_dtype == "bfloat16"
   assert ("paligemma_cpu_nn_bf16" in run.lower(x, w).as_text()
           or "paligemma_cpu_nt_bf16" in run.lower(x, w).as_text()) == bf16_kernel
+
+
+def test_decode_argmax_equals_jnp_argmax():
+  from paligemma_jax.inference.decode import first_argmax
+  logits = np.asarray(_rand(2, (5, 1000)), np.float32)
+  logits[1, [7, 900]] = logits[1].max() + 1  # a tie: the first wins
+  logits[2, [40, 3]] = np.nan  # NaN: the first NaN, as jnp.argmax
+  logits[3, :] = -np.inf
+  got = jax.jit(first_argmax)(logits)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, jnp.argmax(logits, axis=-1))
+  assert list(got[1:4]) == [7, 3, 0]
 
 
 def test_applies_only_where_it_can():

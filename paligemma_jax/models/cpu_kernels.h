@@ -116,10 +116,16 @@ void SplitContraction(const X* x, int64_t M, int64_t C, int64_t L, int64_t F, co
   const int64_t total = L * C, size = M * L * F;
   const int64_t pieces = std::clamp<int64_t>(total * F / (1 << 18), 1, 8);  // >= 512 KB each
   const int64_t per = ((total + pieces - 1) / pieces + align - 1) / align * align;
-  std::vector<float> partial(static_cast<size_t>(pieces) * size, 0.0f);
+  // The partial sums live in a buffer the calling thread keeps (8 rows of a 16384-wide output:
+  // 4 MB, which a fresh allocation faulted in and zeroed on every call), each piece zeroed by the
+  // thread that fills it, and they are added up in parallel over the output, piece 0 first.
+  static thread_local std::vector<float> buffer;
+  if (buffer.size() < static_cast<size_t>(pieces * size)) buffer.resize(pieces * size);
+  float* partial = buffer.data();
   Parallel(pieces, 1, threads, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      float* out = partial.data() + p * size;
+      float* out = partial + p * size;
+      std::fill(out, out + size, 0.0f);
       const int64_t lo = p * per, hi = std::min(total, lo + per);
       for (int64_t l = lo / C; l * C < hi; ++l) {  // the piece's part of matrix l
         const int64_t c0 = std::max(lo - l * C, int64_t{0}), c1 = std::min(hi - l * C, C);
@@ -127,11 +133,13 @@ void SplitContraction(const X* x, int64_t M, int64_t C, int64_t L, int64_t F, co
       }
     }
   });
-  std::copy(partial.begin(), partial.begin() + size, y);
-  for (int64_t p = 1; p < pieces; ++p) {
-    const float* part = partial.data() + p * size;
-    for (int64_t i = 0; i < size; ++i) y[i] += part[i];
-  }
+  Parallel(size, 1 << 14, threads, [&](int64_t lo, int64_t hi) {
+    std::copy(partial + lo, partial + hi, y + lo);
+    for (int64_t p = 1; p < pieces; ++p) {
+      const float* part = partial + p * size;
+      for (int64_t i = lo; i < hi; ++i) y[i] += part[i];
+    }
+  });
 }
 
 }  // namespace

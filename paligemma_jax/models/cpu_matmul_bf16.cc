@@ -42,55 +42,66 @@ inline float Widen1(uint16_t v) {
 
 // Output columns per block: R x kCols f32 accumulators stay in L2 while 8 weight rows stream.
 // Measured on one core of an AVX-512-BF16 EPYC, 2048 x 16384 weights, streamed from memory, against
-// 4096 / 8192 columns and 8 pairs per pass: the widest blocks and 4 pairs were the fastest at 1, 4
-// and 8 rows (8 pairs spill the broadcast activations from registers; a software prefetch of the
-// next rows was slower).
+// 4096 / 8192 columns: the widest blocks were the fastest at 1, 4 and 8 rows (a software prefetch
+// of the next rows was slower).
 constexpr int64_t kCols = 16384;
-constexpr int kPairs = 4;  // weight-row pairs folded into each pass over the accumulators
 
 // Adds rows [0, R) of x[:, :C] . w[:C, f0:f1] to y (x's rows x_stride apart, w's F, y's y_stride).
+// Each pass over a block's accumulators folds in P pairs of weight rows, the R x 2 accumulators
+// of 32 columns held in registers through the pass and the activation pairs broadcast from
+// memory. Past 4 rows the vdpbf16ps work per accumulator load and store bounds the pass, and 8
+// pairs measured ~10% faster than 4 at 8 rows (2 threads, 2048 x 16384 and 16384 x 2048, from
+// memory); at 1-4 rows, bound by memory, 4 pairs (8 read streams) were as fast or faster.
 template <int R>
 void NNBlock(const uint16_t* x, int64_t x_stride, int64_t C, const uint16_t* w, int64_t F,
              float* y, int64_t y_stride, int64_t f0, int64_t f1) {
+  constexpr int P = R > 4 ? 8 : 4;
   static thread_local std::vector<float> scratch(8 * kCols + 16);
   static thread_local std::vector<uint16_t> zeros(kCols + 32, 0);
   auto* acc = reinterpret_cast<float (*)[kCols]>(
       (reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
   const int64_t width = f1 - f0, vec = width / 32 * 32;
   for (int r = 0; r < R; ++r) std::fill(acc[r], acc[r] + width, 0.0f);
-  for (int64_t c = 0; c < C; c += 2 * kPairs) {
-    const uint16_t* wr[2 * kPairs];
-    uint32_t xp[R][kPairs];
-    for (int i = 0; i < 2 * kPairs; ++i) wr[i] = c + i < C ? w + (c + i) * F + f0 : zeros.data();
-    for (int r = 0; r < R; ++r) {
-      for (int p = 0; p < kPairs; ++p) xp[r][p] = Pair(x + r * x_stride, c + 2 * p, C);
+  for (int64_t c = 0; c < C; c += 2 * P) {
+    const uint16_t* wr[2 * P];
+    uint32_t xp[P][R];
+    for (int i = 0; i < 2 * P; ++i) wr[i] = c + i < C ? w + (c + i) * F + f0 : zeros.data();
+    for (int p = 0; p < P; ++p) {
+      for (int r = 0; r < R; ++r) xp[p][r] = Pair(x + r * x_stride, c + 2 * p, C);
     }
     for (int64_t j = 0; j < vec; j += 32) {
-      __m512i lo[kPairs], hi[kPairs];
-      for (int p = 0; p < kPairs; ++p) {
+      __m512 s[R][2];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        s[r][0] = _mm512_load_ps(acc[r] + j);
+        s[r][1] = _mm512_load_ps(acc[r] + j + 16);
+      }
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
         const __m512i a = _mm512_loadu_si512(wr[2 * p] + j);
         const __m512i b = _mm512_loadu_si512(wr[2 * p + 1] + j);
-        lo[p] = _mm512_unpacklo_epi16(a, b);  // columns {0-3, 8-11, 16-19, 24-27} of the 32
-        hi[p] = _mm512_unpackhi_epi16(a, b);  // columns {4-7, 12-15, 20-23, 28-31}
-      }
-      for (int r = 0; r < R; ++r) {
-        __m512 s0 = _mm512_load_ps(acc[r] + j), s1 = _mm512_load_ps(acc[r] + j + 16);
-        for (int p = 0; p < kPairs; ++p) {
-          const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r][p]));
-          s0 = _mm512_dpbf16_ps(s0, (__m512bh)lo[p], xv);
-          s1 = _mm512_dpbf16_ps(s1, (__m512bh)hi[p], xv);
+        const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b);  // columns {0-3, 8-11, ...}
+        const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(a, b);  // columns {4-7, 12-15, ...}
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[p][r]));
+          s[r][0] = _mm512_dpbf16_ps(s[r][0], lo, xv);
+          s[r][1] = _mm512_dpbf16_ps(s[r][1], hi, xv);
         }
-        _mm512_store_ps(acc[r] + j, s0);
-        _mm512_store_ps(acc[r] + j + 16, s1);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        _mm512_store_ps(acc[r] + j, s[r][0]);
+        _mm512_store_ps(acc[r] + j + 16, s[r][1]);
       }
     }
     for (int64_t j = vec; j < width; ++j) {  // columns past the last 32: in order, in f32
       for (int r = 0; r < R; ++r) {
-        float s = acc[r][j];
-        for (int i = 0; i < 2 * kPairs && c + i < C; ++i) {
-          s += Widen1(x[r * x_stride + c + i]) * Widen1(wr[i][j]);
+        float sum = acc[r][j];
+        for (int i = 0; i < 2 * P && c + i < C; ++i) {
+          sum += Widen1(x[r * x_stride + c + i]) * Widen1(wr[i][j]);
         }
-        acc[r][j] = s;
+        acc[r][j] = sum;
       }
     }
   }
