@@ -384,3 +384,24 @@ def test_unknown_override_and_unpublished_res_through_the_flag():
   # config_flags wraps get_config's error in its traceback; its last line is the message.
   assert str(e.value).strip().splitlines()[-1] == (
       "ValueError: vqav2: res=896 has no published setting; use one of res=224, res=448")
+
+
+# big_vision's training pp resizes with antialias=True for these (processor.md §3).
+ANTIALIASED = {"ai2d", "aokvqa_da", "aokvqa_mc", "chartqa", "docvqa", "infovqa", "ocrvqa", "okvqa",
+               "rsvqa_hr", "rsvqa_lr", "stvqa", "tallyqa", "textvqa", "vizwizvqa", "vqav2",
+               "widgetcap", "forkme"}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_antialias_where_big_vision_trains_with_it(name, tmp_path):
+  cfg, _ = parse_train(get_config(name), tmp_path)
+  assert cfg.image_method == "big_vision"
+  assert cfg.image_antialias == (name in ANTIALIASED)
+
+
+def test_antialias_needs_the_big_vision_method(tmp_path):
+  config = get_config("vqav2")
+  config.image_method = "hf"
+  with pytest.raises(ValueError, match=r"^config.image_antialias applies to image_method "
+                                       r"'big_vision' only .*--config.image_method=big_vision"):
+    parse_train(config, tmp_path)

@@ -25,4 +25,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="aokvqa", hparams=HPARAMS, text_len=128, train=TRAIN,
-                                evals=EVALS)
+                                evals=EVALS, antialias=True)

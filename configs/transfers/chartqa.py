@@ -30,4 +30,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="chartqa", hparams=HPARAMS, text_len=48, train=TRAIN,
-                                evals=EVALS)
+                                evals=EVALS, antialias=True)

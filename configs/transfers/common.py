@@ -101,7 +101,7 @@ def _located(member: Mapping[str, Any], where: Mapping[str, Any], name: str) -> 
 def transfer_config(arg: str | None, *, name: str, hparams: Mapping[int, Hparams],
                     text_len: int, train: Sequence[Mapping[str, Any]],
                     evals: Mapping[str, Mapping[str, Any]], default_res: int = 224,
-                    num_images: int = 1) -> ml_collections.ConfigDict:
+                    num_images: int = 1, antialias: bool = False) -> ml_collections.ConfigDict:
   """The training config at the `res` of `arg` (see the module docstring). `name` names the
   config in messages and the default JSONL folder ~/data/<name>."""
   where = parse_arg(arg, sorted(hparams), default_res, name)
@@ -110,6 +110,7 @@ def transfer_config(arg: str | None, *, name: str, hparams: Mapping[int, Hparams
   c.init = ""  # the pretrained checkpoint pt_{res}: Orbax params dir or HF folder (required)
   c.tokenizer = ""  # its tokenizer.model (required)
   c.image_method = "big_vision"
+  c.image_antialias = antialias  # big_vision's resize(res, antialias=True) where its config has it
   c.model = dict(variant="", vision=dict(image_size=res), text={}, image_token_id=-1,
                  dtype="bfloat16", remat="none", llm_dropout=h.llm_dropout)
   c.input = dict(members=[_located(m, where, name) for m in train], batch_size=h.batch_size,

@@ -23,4 +23,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="docvqa", hparams=HPARAMS, text_len=32, train=TRAIN,
-                                evals=EVALS, default_res=896)
+                                evals=EVALS, default_res=896, antialias=True)

@@ -36,4 +36,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="forkme", hparams=HPARAMS, text_len=TEXT_LEN,
-                                train=TRAIN, evals=EVALS)
+                                train=TRAIN, evals=EVALS, antialias=True)

@@ -26,4 +26,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="infovqa", hparams=HPARAMS, text_len=48, train=TRAIN,
-                                evals=EVALS, default_res=896)
+                                evals=EVALS, default_res=896, antialias=True)

@@ -24,4 +24,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="rsvqa_hr", hparams=HPARAMS, text_len=32, train=TRAIN,
-                                evals=EVALS)
+                                evals=EVALS, antialias=True)

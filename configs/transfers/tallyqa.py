@@ -22,4 +22,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="tallyqa", hparams=HPARAMS, text_len=32, train=TRAIN,
-                                evals=EVALS)
+                                evals=EVALS, antialias=True)

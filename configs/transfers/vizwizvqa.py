@@ -25,4 +25,4 @@ EVALS = {
 
 def get_config(arg=None):
   return common.transfer_config(arg, name="vizwizvqa", hparams=HPARAMS, text_len=48,
-                                train=TRAIN, evals=EVALS)
+                                train=TRAIN, evals=EVALS, antialias=True)

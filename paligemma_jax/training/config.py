@@ -14,6 +14,8 @@ A config file (configs/*.py, `get_config(arg=None)`) has this shape:
         takes model.variant, or else the published variant its shapes match)
     tokenizer: the tokenizer.model (required)
     image_method: "hf" or "big_vision" image preprocessing
+    image_antialias: big_vision's per-task `resize(..., antialias=True)` (image_method
+        "big_vision" only; the transfer configs set it where big_vision's configs do)
     input: {members: [...], batch_size, text_len, ...}  (data.InputConfig, global batch)
     optimizer: {name, lr, wd, ..., schedule: {...}}   (training.OptimizerConfig)
     total_steps | epochs: exactly one > 0
@@ -136,6 +138,7 @@ class TrainConfig:
   model: ModelSettings = ModelSettings()
   init: str = "random"
   image_method: str = "hf"
+  image_antialias: bool = False
   total_steps: int = 0
   epochs: float = 0.0
   mesh: MeshSettings = MeshSettings()
@@ -162,6 +165,10 @@ class TrainConfig:
     if self.image_method not in IMAGE_METHODS:
       raise ValueError(f"config.image_method {self.image_method!r} is unknown; use one of "
                        f"{', '.join(IMAGE_METHODS)}")
+    if self.image_antialias and self.image_method != "big_vision":
+      raise ValueError(f"config.image_antialias applies to image_method 'big_vision' only (got "
+                       f"{self.image_method!r}, whose PIL bicubic always antialiases); set "
+                       "--config.image_method=big_vision or drop image_antialias")
     if self.on_nonfinite not in ON_NONFINITE:
       raise ValueError(f"config.on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
                        f"{', '.join(ON_NONFINITE)}")

@@ -173,7 +173,7 @@ def train(config: Any, workdir: str, *, evaluate: Evaluate | None = None,
                                        keep=cfg.keep_checkpoints)
   start = ckpt.latest_step()
   model, pretrained = _model_config(cfg, tokenizer, workdir, mesh, start is not None)
-  processor = make_processor(model, tokenizer, cfg.image_method)
+  processor = make_processor(model, tokenizer, cfg.image_method, antialias=cfg.image_antialias)
   host = TrainInput(cfg.input, processor, process_index=jax.process_index(),
                     process_count=jax.process_count(), encode_mask=mask_target_encoder(cfg.input))
   total_steps = cfg.num_steps(host.examples_per_epoch)
