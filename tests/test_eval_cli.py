@@ -212,6 +212,19 @@ def test_example_configs_parse(name):
     parse_eval_config(config)
 
 
+def test_image_antialias_is_big_vision_only():
+  import runpy
+  from paligemma_jax.evaluation import parse_eval_config
+  config = runpy.run_path(str(REPO / "configs/eval_vqav2.py"))["get_config"]()
+  config.checkpoint, config.tokenizer, config.output_dir = "ckpt", "tok.model", "out"
+  config.image_method, config.image_antialias = "big_vision", True
+  assert parse_eval_config(config).image_antialias
+  config.image_method = "hf"
+  with pytest.raises(ValueError, match=r"^config.image_antialias applies to image_method "
+                                       r"'big_vision' only"):
+    parse_eval_config(config)
+
+
 def test_vqa_single_answer_option(tmp_path):
   """GQA-style single `answer`: exact match; an `answers` list of one scores 1/3 (§1)."""
   path = preds(tmp_path, [{"prediction": "yes", "references": ["yes"]},

@@ -45,7 +45,8 @@ def run_config(config: Any, *, overwrite: bool = False) -> str:
   for spec in cfg.evals:
     check_outputs(eval_folder(cfg.output_dir, spec.name), overwrite)
   model_config, params = load_checkpoint(cfg.checkpoint)
-  processor = make_processor(model_config, cfg.tokenizer, cfg.image_method)
+  processor = make_processor(model_config, cfg.tokenizer, cfg.image_method,
+                             antialias=cfg.image_antialias)
   mesh = sharding.make_mesh(devices=jax.local_devices())
   params = jax.device_put(params, sharding.param_shardings(model_config, mesh))
 

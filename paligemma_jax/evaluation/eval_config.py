@@ -17,6 +17,7 @@ frozen dataclasses: `parse_eval_config(config) -> EvalConfig` for eval.py, and
         options: {...}         the evaluator's options (to_lower, tokenize, vqvae, field keys)
     checkpoint, tokenizer      eval.py only: Orbax params dir or HF folder; tokenizer.model
     image_method               "hf" or "big_vision"
+    image_antialias            big_vision's resize(..., antialias=True) (big_vision method only)
     output_dir                 predictions.jsonl and metrics.json go to <output_dir>/<name>/
     overwrite                  replace existing outputs (otherwise an existing one is an error)
 
@@ -103,6 +104,7 @@ class EvalConfig:
   output_dir: str
   overwrite: bool = False
   image_method: str = "hf"
+  image_antialias: bool = False
 
   def __post_init__(self) -> None:
     for key in ("checkpoint", "tokenizer", "output_dir"):
@@ -111,6 +113,10 @@ class EvalConfig:
     if self.image_method not in IMAGE_METHODS:
       raise ValueError(f"config.image_method {self.image_method!r} is unknown; use one of "
                        f"{', '.join(IMAGE_METHODS)}")
+    if self.image_antialias and self.image_method != "big_vision":
+      raise ValueError(f"config.image_antialias applies to image_method 'big_vision' only (got "
+                       f"{self.image_method!r}, whose PIL bicubic always antialiases); set "
+                       "--config.image_method=big_vision or drop image_antialias")
 
 
 def parse_evals(values: Any, where: str = "config.evals") -> tuple[EvalSpec, ...]:
