@@ -199,3 +199,19 @@ def test_worker_processes_need_parsed_absl_flags(data_dir, processor):
     pytest.skip("absl flags already parsed in this process")
   with pytest.raises(ValueError, match="input.worker_processes > 0 needs absl flags parsed"):
     TrainInput(config(data_dir, worker_processes=2), processor)
+
+
+def test_read_threads_default_to_this_processes_cpus(data_dir, processor, monkeypatch):
+  import os
+  from paligemma_jax.data.input_config import default_read_threads
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(40)))
+  assert default_read_threads() == 16  # Grain's own default caps it
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+  assert default_read_threads() == 2
+  assert InputConfig(members=(caps(data_dir),), batch_size=4, text_len=TEXT_LEN).read_threads == 0
+  auto = next(TrainInput(dataclasses.replace(config(data_dir), read_threads=0), processor))
+  fixed = next(TrainInput(config(data_dir), processor))  # 2 threads: the same batches
+  for key in fixed:
+    np.testing.assert_array_equal(auto[key], fixed[key], err_msg=key)
+  with pytest.raises(ValueError, match=r"input.read_threads must be an int >= 0, got -1"):
+    dataclasses.replace(config(data_dir), read_threads=-1)

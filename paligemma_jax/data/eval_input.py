@@ -29,14 +29,14 @@ from typing import Any
 import grain
 import numpy as np
 
-from paligemma_jax.data.input_config import MemberConfig
-from paligemma_jax.data.input_pipeline import Member, open_member
+from paligemma_jax.data.input_config import MemberConfig, default_read_threads
+from paligemma_jax.data.input_pipeline import open_member
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.tasks import Row
 
 
 def eval_rows(config: MemberConfig, *, process_index: int = 0, process_count: int = 1,
-              read_threads: int = 4) -> Iterator[Row]:
+              read_threads: int = 0) -> Iterator[Row]:
   """Every row of this process's share of a member's split, in stored order (see above).
 
   Opening checks the dataset, split and task now (one-line errors); rows are read lazily.
@@ -44,6 +44,7 @@ def eval_rows(config: MemberConfig, *, process_index: int = 0, process_count: in
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   member = open_member(config)
+  read_threads = read_threads or default_read_threads()
   ds = grain.MapDataset.range(len(member.source))[process_index::process_count]
   ds = ds.map(functools.partial(member.rows, label=member.config.label)).to_iter_dataset(
       grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads))

@@ -12,6 +12,7 @@ config.input.to_dict())`; an unknown key anywhere fails there, naming the valid 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,7 +88,8 @@ class InputConfig:
     seed: the one seed of shuffling, mixing and reference choice.
     shuffle: False reads every member in stored order (still repeated).
     max_skipped: stop the run (one line) once more examples than this were skipped for bad data.
-    read_threads: threads that read and preprocess examples (Grain ReadOptions.num_threads).
+    read_threads: threads that read and preprocess examples (Grain ReadOptions.num_threads);
+      0 = `default_read_threads()`, one per CPU this process may run on, at most 16.
     prefetch_buffer: examples read ahead (Grain ReadOptions.prefetch_buffer_size).
     worker_processes: 0 = preprocess in this process's threads; N > 0 = N Grain worker
       processes (`mp_prefetch`) each running the threads.
@@ -103,7 +105,7 @@ class InputConfig:
   seed: int = 0
   shuffle: bool = True
   max_skipped: int = 100
-  read_threads: int = 4
+  read_threads: int = 0
   prefetch_buffer: int = 64
   worker_processes: int = 0
   mixture_block: int = 1 << 16
@@ -113,15 +115,24 @@ class InputConfig:
     object.__setattr__(self, "members", tuple(self.members))
     if not self.members:
       raise ValueError("input.members is empty; name at least one dataset")
-    for key in ("batch_size", "text_len", "num_images", "read_threads", "prefetch_buffer",
-                "mixture_block"):
+    for key in ("batch_size", "text_len", "num_images", "prefetch_buffer", "mixture_block"):
       value = getattr(self, key)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"input.{key} must be a positive int, got {value!r}")
-    for key in ("max_skipped", "worker_processes", "seed"):
+    for key in ("max_skipped", "worker_processes", "seed", "read_threads"):
       value = getattr(self, key)
       if not isinstance(value, int) or value < 0:
         raise ValueError(f"input.{key} must be an int >= 0, got {value!r}")
+
+
+def default_read_threads() -> int:
+  """Reader threads when `read_threads` is 0: one per CPU this process may run on (a TPU host's
+  many cores feed large images; on 2 cores, 2 threads beat 4 and 8), at most Grain's default 16."""
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cpus = os.cpu_count() or 1
+  return max(1, min(16, cpus))
 
 
 def input_config_from_dict(values: Mapping[str, Any], where: str = "input") -> InputConfig:

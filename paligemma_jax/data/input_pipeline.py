@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
-from paligemma_jax.data.input_config import InputConfig, MemberConfig
+from paligemma_jax.data.input_config import InputConfig, MemberConfig, default_read_threads
 from paligemma_jax.data.mixture import Element, mixed_stream, normalise_weights
 from paligemma_jax.data.processor import Processor
 from paligemma_jax.data.sources import OpenedSource, open_jsonl, open_tfds
@@ -220,7 +220,7 @@ class TrainInput:
     stream, self.mixture = mixed_stream(
         [len(m.source) for m in self.members], self.weights, config.seed, config.shuffle,
         process_index, process_count, config.mixture_block)
-    read = grain.ReadOptions(num_threads=config.read_threads,
+    read = grain.ReadOptions(num_threads=config.read_threads or default_read_threads(),
                              prefetch_buffer_size=config.prefetch_buffer)
     ds = stream.map(self.preparation).to_iter_dataset(read)
     ds = Skipping(ds, len(self.members), config.max_skipped)
