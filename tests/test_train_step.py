@@ -129,6 +129,24 @@ def test_bf16_compute_keeps_float32_masters_and_learns():
   assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+def test_bf16_step_on_a_model_sharded_mesh_equals_one_device():
+  # bf16 products differentiate through layers._matmul_bf16 (flattened [M, K] x [K, N] operands,
+  # written-out transposes): the same step on a (data, fsdp, model) mesh, up to bf16 rounding.
+  config = CONFIG.replace(dtype="bfloat16")
+  want_state, want = _run(_one_device(), random_params(CONFIG), _batch(), tx=_sgd(),
+                          config=config)
+  got_state, got = _run(S.make_mesh(2, 2, 2), random_params(CONFIG), _batch(), tx=_sgd(),
+                        config=config)
+  np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-2)
+  np.testing.assert_allclose(got["l2_grads"], want["l2_grads"], rtol=2e-2)
+  start = jax.tree.leaves(random_params(CONFIG))
+  for a, b, p0 in zip(jax.tree.leaves(want_state.params), jax.tree.leaves(got_state.params),
+                      start):
+    a, b, p0 = (np.asarray(v, np.float32) for v in (a, b, p0))
+    # Each leaf's update on the mesh matches the 1-device one up to bf16 noise.
+    np.testing.assert_allclose(b - p0, a - p0, atol=0.05 * np.abs(a - p0).max() + 1e-8)
+
+
 def _sgd():
   # SGD keeps the update linear in the gradient; Adam's first step is lr * sign(g), which turns
   # 1e-9 differences in near-zero gradients into lr-sized ones.
