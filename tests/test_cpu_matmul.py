@@ -71,7 +71,7 @@ def test_kernel_equals_einsum(kernels, spec, x_shape, w_shape, x_dtype):
 
 
 def test_decode_argmax_equals_jnp_argmax():
-  from paligemma_jax.inference.decode import first_argmax
+  from paligemma_jax.inference.sampling import first_argmax
   logits = np.asarray(_rand(2, (5, 1000)), np.float32)
   logits[1, [7, 900]] = logits[1].max() + 1  # a tie: the first wins
   logits[2, [40, 3]] = np.nan  # NaN: the first NaN, as jnp.argmax

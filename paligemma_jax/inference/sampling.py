@@ -87,11 +87,22 @@ def warp_logits(logits_BxV: jax.Array, sampler: Sampler) -> jax.Array:
   return top_p_filter(top_k_filter(logits_BxV, sampler.top_k), sampler.top_p)
 
 
+def first_argmax(logits_BxV: jax.Array) -> jax.Array:
+  """int32 `jnp.argmax(logits, axis=-1)` (the first maximum; the first NaN where a row has one),
+  as a max and then a min over indices: XLA:CPU runs argmax as one reduce of (value, index)
+  pairs that it does not vectorize, measured 5.2 ms per greedy step over 8 x 257,216 logits
+  (a decode step's LM head reads them in ~40) against 1.8 ms this way, 1.2 / 0.2 at one row."""
+  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+  index_BxV = jax.lax.broadcasted_iota(jnp.int32, logits_BxV.shape, 1)
+  hit_BxV = (logits_BxV == max_Bx1) | jnp.isnan(logits_BxV)
+  return jnp.min(jnp.where(hit_BxV, index_BxV, logits_BxV.shape[1]), axis=-1)
+
+
 def choose_tokens(logits_BxV: jax.Array, sampler: Sampler, rng: jax.Array | None) -> jax.Array:
-  """int32 tokens [B] of one step. Sampling draws row b with `fold_in(rng, b)`, so a row's draw
-  does not depend on the batch size."""
+  """int32 tokens [B] of one step: greedy is `first_argmax`. Sampling draws row b with
+  `fold_in(rng, b)`, so a row's draw does not depend on the batch size."""
   if sampler.kind == "greedy":
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return first_argmax(logits_BxV)
   if rng is None:
     raise ValueError("sampling needs a jax.random key: pass rng (or seed= to generate)")
   warped_BxV = warp_logits(logits_BxV, sampler)
