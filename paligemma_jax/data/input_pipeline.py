@@ -204,13 +204,13 @@ class TrainInput:
       raise ValueError(f"input.batch_size {config.batch_size} does not divide by the "
                        f"{process_count} processes; use a multiple of {process_count}")
     self.config = config
-    for i, m in enumerate(config.members):
-      if m.task_spec()[0] == "refexp_segment" and encode_mask is None:
+    self.members = tuple(open_member(m, i, encode_mask=encode_mask)
+                         for i, m in enumerate(config.members))
+    for i, m in enumerate(self.members):
+      if isinstance(m.task, ReferringSegmentation) and m.task.encode_mask is None:
         raise ValueError(f"input.members[{i}]: task refexp_segment trains on the <seg> codes of "
                          "each mask, made by the VQ-VAE encoder; set input.vqvae to vae-oid.npz "
                          "(or its Orbax dir)")
-    self.members = tuple(open_member(m, i, encode_mask=encode_mask)
-                         for i, m in enumerate(config.members))
     labels = [m.config.label for m in self.members]
     self.weights = normalise_weights([m.weight for m in config.members], labels)
     self.examples_per_epoch = sum(len(m.source) for m in self.members)
