@@ -16,6 +16,7 @@ import pytest
 from model_fixtures import random_params
 from paligemma_jax import sharding
 from paligemma_jax.api import make_processor
+from paligemma_jax.data.images import preprocess_image
 from paligemma_jax.evaluation import (EVALUATORS, Decoding, cider, exact_match, get_evaluator,
                                       make_predict_fn, parse_evals, perplexity_from_stats,
                                       perplexity_stats, vqav2_accuracy)
@@ -192,6 +193,32 @@ def test_metrics_of_known_predictions(data, model, tmp_path):
   assert metrics["cap_em/exact_match"] == pytest.approx(3 / 5)
   assert metrics["cap/cider"] == pytest.approx(cider(want, CAPTIONS)["cider"])
   assert metrics["cap/cider"] > 1.0  # three exact captions
+
+
+@pytest.mark.parametrize("own", [None, False])
+def test_an_eval_resizes_with_its_own_antialias(data, model, tmp_path, own):
+  """big_vision trains ai2d, rsvqa and vizwiz with an antialiased resize and evaluates them
+  without: an eval's `image_antialias` replaces the run's for its images, absent keeps it."""
+  config, _, _ = model
+  processor = make_processor(config, model[2].tokenizer, "big_vision", antialias=True)
+  extra = {} if own is None else {"image_antialias": own}
+  [spec] = parse_evals([caption_eval(data, "cap_em", "exact_match", **extra)])
+  seen = {}
+
+  def factory(decoding):
+    def predict(batch):
+      seen.update(zip(batch["ids"], np.asarray(batch["images"])[:, 0]))
+      return fake_predict_factory(decoding)(batch)
+    return predict
+
+  run_eval(spec, factory, processor, progress=False)
+  size = config.vision.image_size
+  for i in range(5):
+    image = np.asarray(PIL.Image.open(pathlib.Path(data["folder"]) / f"{i}.png"))
+    want = preprocess_image(image, size, "big_vision", antialias=own is None)
+    other = preprocess_image(image, size, "big_vision", antialias=own is not None)
+    np.testing.assert_array_equal(seen[f"img{i}"], want)
+    assert np.abs(want - other).max() > 0.05  # 40 px -> a few: antialiasing shows
 
 
 def threaded_gather(count: int):

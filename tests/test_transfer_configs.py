@@ -405,3 +405,24 @@ def test_antialias_needs_the_big_vision_method(tmp_path):
   with pytest.raises(ValueError, match=r"^config.image_antialias applies to image_method "
                                        r"'big_vision' only .*--config.image_method=big_vision"):
     parse_train(config, tmp_path)
+
+
+# big_vision's eval pps for these resize without antialias (their pplx evals use the training pp).
+EVAL_WITHOUT_ANTIALIAS = {"ai2d", "rsvqa_hr", "rsvqa_lr", "vizwizvqa"}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_evals_resize_as_big_vision_evaluates(name, tmp_path):
+  cfg, _ = parse_train(get_config(name), tmp_path)
+  for spec in cfg.evals:
+    own = False if name in EVAL_WITHOUT_ANTIALIAS and spec.evaluator != "perplexity" else None
+    assert spec.image_antialias is own, spec.name
+
+
+def test_eval_antialias_needs_the_big_vision_method(tmp_path):
+  config = get_config("vqav2")
+  config.image_method, config.image_antialias = "hf", False
+  config.evals.vqav2_minival.image_antialias = True
+  with pytest.raises(ValueError, match=r"^config.evals.vqav2_minival.image_antialias applies to "
+                                       r"image_method 'big_vision' only \(got 'hf'\)"):
+    parse_train(config, tmp_path)

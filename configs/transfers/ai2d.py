@@ -13,7 +13,7 @@ HPARAMS = {
 TRAIN = [common.tfds("ai2d", "train", "multiple_choice")]
 TEST = common.tfds("ai2d", "test", "multiple_choice")
 EVALS = {
-    "ai2d_test": common.evaluation("vqa", TEST, single_answer=True),
+    "ai2d_test": common.evaluation("vqa", TEST, single_answer=True, image_antialias=False),
     "ai2d_test_pplx": common.perplexity(TEST),
 }
 

@@ -74,12 +74,17 @@ def jsonl(filename: str, task: str, weight: float = 1.0, **task_options: Any) ->
 
 
 def evaluation(evaluator: str, data: Mapping[str, Any], *, sampler: str = "greedy",
-               num_beams: int = 1, **options: Any) -> dict[str, Any]:
-  """An eval (evaluation.EvalSpec without name / text_len, which transfer_config fills in)."""
-  return dict(evaluator=evaluator, data=dict(data),
+               num_beams: int = 1, image_antialias: bool | None = None,
+               **options: Any) -> dict[str, Any]:
+  """An eval (evaluation.EvalSpec without name / text_len, which transfer_config fills in).
+  `image_antialias` where big_vision's eval pp resizes otherwise than its training pp does."""
+  spec = dict(evaluator=evaluator, data=dict(data),
               decoding=dict(sampler=sampler, num_beams=num_beams, length_penalty=0.0,
                             max_decode_len=0),  # 0 = text_len, as big_vision
               batch_size=EVAL_BATCH_SIZE, options=options)
+  if image_antialias is not None:
+    spec["image_antialias"] = image_antialias
+  return spec
 
 
 def perplexity(data: Mapping[str, Any]) -> dict[str, Any]:

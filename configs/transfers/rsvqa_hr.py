@@ -16,8 +16,9 @@ HPARAMS = {
 TRAIN = [common.jsonl("train.jsonl", "vqa", **VQA)]
 TEST = common.jsonl("test.jsonl", "vqa", **VQA)
 EVALS = {
-    "rsvqa_hr_test": common.evaluation("rsvqa", TEST),
-    "rsvqa_hr_test2": common.evaluation("rsvqa", common.jsonl("test2.jsonl", "vqa", **VQA)),
+    "rsvqa_hr_test": common.evaluation("rsvqa", TEST, image_antialias=False),
+    "rsvqa_hr_test2": common.evaluation("rsvqa", common.jsonl("test2.jsonl", "vqa", **VQA),
+                                        image_antialias=False),
     "rsvqa_hr_test_pplx": common.perplexity(TEST),
 }
 

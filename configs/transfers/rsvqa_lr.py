@@ -18,7 +18,7 @@ HPARAMS = {
 TRAIN = [common.jsonl("train.jsonl", "vqa", **VQA)]
 TEST = common.jsonl("test.jsonl", "vqa", **VQA)
 EVALS = {
-    "rsvqa_lr_test": common.evaluation("rsvqa", TEST),
+    "rsvqa_lr_test": common.evaluation("rsvqa", TEST, image_antialias=False),
     "rsvqa_lr_test_pplx": common.perplexity(TEST),
 }
 

@@ -18,7 +18,7 @@ HPARAMS = {
 TRAIN = [common.jsonl("train.jsonl", "vqa", **VQA)]
 VAL = common.jsonl("val.jsonl", "vqa", **VQA)
 EVALS = {
-    "vizwizvqa_val": common.evaluation("vqa", VAL),
+    "vizwizvqa_val": common.evaluation("vqa", VAL, image_antialias=False),
     "vizwizvqa_val_pplx": common.perplexity(VAL),
 }
 

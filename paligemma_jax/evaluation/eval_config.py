@@ -14,6 +14,9 @@ frozen dataclasses: `parse_eval_config(config) -> EvalConfig` for eval.py, and
         batch_size: int        rows per predict call (padded to it and to the device count)
         text_len: int          prompt tokens (prompt + suffix for perplexity), as big_vision
         num_images: int        images per row
+        image_antialias: bool  this eval's big_vision resize antialias, where it differs from
+                               the run's (big_vision trains ai2d, rsvqa and vizwiz with it and
+                               evaluates them without); absent or None = the run's
         options: {...}         the evaluator's options (to_lower, tokenize, vqvae, field keys)
     checkpoint, tokenizer      eval.py only: Orbax params dir or HF folder; tokenizer.model
     image_method               "hf" or "big_vision"
@@ -68,6 +71,7 @@ class EvalSpec:
   batch_size: int = 32
   text_len: int = 32
   num_images: int = 1
+  image_antialias: bool | None = None  # None: the run's config.image_antialias
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self) -> None:
@@ -117,6 +121,16 @@ class EvalConfig:
       raise ValueError(f"config.image_antialias applies to image_method 'big_vision' only (got "
                        f"{self.image_method!r}, whose PIL bicubic always antialiases); set "
                        "--config.image_method=big_vision or drop image_antialias")
+    check_eval_antialias(self.evals, self.image_method)
+
+
+def check_eval_antialias(evals: Sequence[EvalSpec], image_method: str) -> None:
+  """One line if an eval asks for an antialiased resize that `image_method` does not have."""
+  for spec in evals:
+    if spec.image_antialias and image_method != "big_vision":
+      raise ValueError(f"config.evals.{spec.name}.image_antialias applies to image_method "
+                       f"'big_vision' only (got {image_method!r}); set "
+                       "--config.image_method=big_vision or drop the eval's image_antialias")
 
 
 def parse_evals(values: Any, where: str = "config.evals") -> tuple[EvalSpec, ...]:

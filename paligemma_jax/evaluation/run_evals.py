@@ -96,6 +96,22 @@ def periodic_evaluator(evals: Sequence[EvalSpec], *, output_dir: str = "", mesh:
   return hook
 
 
+def eval_processor(spec: EvalSpec, processor: Processor) -> Processor:
+  """`processor`, or a copy with the eval's own `image_antialias` where it sets one (big_vision
+  resizes ai2d, rsvqa and vizwiz with antialias in training and without in their evals)."""
+  if spec.image_antialias is None or spec.image_antialias == processor.antialias:
+    return processor
+  if processor.image_method != "big_vision":
+    if not spec.image_antialias:
+      return processor  # PIL bicubic has no such switch: nothing to turn off
+    raise ValueError(f"eval {spec.name!r}: image_antialias applies to image_method 'big_vision' "
+                     f"only (got {processor.image_method!r}); set --config.image_method="
+                     "big_vision or drop the eval's image_antialias")
+  return Processor(processor.tokenizer, processor.image_size, processor.num_image_tokens,
+                   processor.image_method, antialias=spec.image_antialias,
+                   tokenization=processor.tokenization)
+
+
 def eval_folder(output_dir: str, name: str, step: int | None = None) -> str:
   """`<output_dir>/<name>`, or `<output_dir>/step_<step>/<name>`; "" if no output_dir."""
   if not output_dir:
@@ -119,6 +135,7 @@ def run_eval(spec: EvalSpec, predict_fn_factory: PredictFnFactory, processor: Pr
   """One eval on this process's share of its split; see the module docstring."""
   index, count, gather = _processes(process_index, process_count, gather)
   evaluator = get_evaluator(spec.evaluator)
+  processor = eval_processor(spec, processor)
   if folder:
     check_outputs(folder, overwrite)
   start = time.perf_counter()

@@ -43,7 +43,7 @@ from typing import Any
 from paligemma_jax.config_fields import build
 from paligemma_jax.data.images import IMAGE_METHODS
 from paligemma_jax.data.input_config import InputConfig, input_config_from_dict
-from paligemma_jax.evaluation.eval_config import EvalSpec, parse_evals
+from paligemma_jax.evaluation.eval_config import EvalSpec, check_eval_antialias, parse_evals
 from paligemma_jax.models import PaliGemmaConfig, get_variant
 from paligemma_jax.models.config import (LORA_DECODER, QUANTIZATION_KINDS, LoraConfig,
                                          QuantizationConfig)
@@ -169,6 +169,7 @@ class TrainConfig:
       raise ValueError(f"config.image_antialias applies to image_method 'big_vision' only (got "
                        f"{self.image_method!r}, whose PIL bicubic always antialiases); set "
                        "--config.image_method=big_vision or drop image_antialias")
+    check_eval_antialias(self.evals, self.image_method)
     if self.on_nonfinite not in ON_NONFINITE:
       raise ValueError(f"config.on_nonfinite {self.on_nonfinite!r} is unknown; use one of "
                        f"{', '.join(ON_NONFINITE)}")
