@@ -48,6 +48,20 @@ def test_batches_are_global_arrays_split_over_data_and_fsdp(input_config, standi
   assert state == host.get_state()
 
 
+def test_device_batches_survive_the_hosts_reuse_of_batch_arrays(input_config, standin_tokenizer):
+  # The host reuses a batch's arrays once nothing refers to them; device arrays made from them
+  # (CPU arrays may alias host memory) must keep their values.
+  processor = Processor(standin_tokenizer, 8, 4)
+  mesh = sharding.make_mesh(data=8)
+  batches = device_input(input_config, processor, mesh)
+  first = next(batches)
+  want = {name: np.asarray(array).copy() for name, array in first.items()}
+  for _ in range(5):
+    next(batches)
+  for name, array in first.items():
+    np.testing.assert_array_equal(np.asarray(array), want[name], err_msg=name)
+
+
 def test_a_batch_that_does_not_split_over_the_mesh_is_a_one_line_error():
   mesh = sharding.make_mesh(data=8)
   with pytest.raises(ValueError, match="global batch of 6 rows does not divide by the mesh's "

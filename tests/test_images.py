@@ -6,7 +6,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from paligemma_jax.data.images import check_pixel_values, preprocess_image, resize_bilinear_tf
+from paligemma_jax.data.images import (SCALE_CHUNK, check_pixel_values, preprocess_image,
+                                      resize_bilinear_tf, resize_image, scale_pixels)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -79,6 +80,36 @@ def test_out_receives_the_same_pixels(method: str, antialias: bool):
     preprocess_image(RGB, 70, method, antialias, out=np.empty((70, 70, 3), np.float64))
   with pytest.raises(ValueError, match="C-contiguous float32"):
     preprocess_image(RGB, 70, method, antialias, out=np.empty((70, 140, 3), np.float32)[:, ::2])
+
+
+@pytest.mark.parametrize("method,antialias", [("hf", False), ("big_vision", False), ("big_vision", True)])
+def test_uint8_resize_then_scale_is_preprocess_image(method: str, antialias: bool):
+  # The training input keeps images as these uint8 pixels until they are batched.
+  pixels = resize_image(RGBA, 70, method, antialias)
+  assert pixels.dtype == np.uint8 and pixels.shape == (70, 70, 3)
+  np.testing.assert_array_equal(scale_pixels(pixels, method), preprocess_image(RGBA, 70, method, antialias))
+  slots = np.zeros((2, 70, 70, 3), np.uint8)
+  assert np.shares_memory(resize_image(RGBA, 70, method, antialias, out=slots[1]), slots[1])
+  np.testing.assert_array_equal(slots[1], pixels)
+  with pytest.raises(ValueError, match="C-contiguous uint8"):
+    resize_image(RGB, 70, method, antialias, out=np.empty((70, 70, 3), np.float32))
+
+
+def test_scale_pixels_is_each_references_formula_on_every_uint8_value():
+  values = np.arange(256, dtype=np.uint8)
+  f32 = values.astype(np.float32)
+  big_vision = f32 / np.float32(255) * np.float32(2) - np.float32(1)
+  hf = ((values * (1 / 255)).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)  # float64 rescale
+  np.testing.assert_array_equal(scale_pixels(values, "big_vision"), big_vision)
+  np.testing.assert_array_equal(scale_pixels(values, "hf"), hf)
+  batch = RNG.integers(0, 256, (2, 1, 150, 150, 3), dtype=np.uint8)  # several chunks, odd tail
+  assert batch.size > 2 * SCALE_CHUNK and batch.size % SCALE_CHUNK
+  for method, table in (("big_vision", big_vision), ("hf", hf)):
+    out = np.full(batch.shape, 9, np.float32)
+    assert scale_pixels(batch, method, out=out) is out
+    np.testing.assert_array_equal(out, table[batch])
+  with pytest.raises(ValueError, match="uint8"):
+    scale_pixels(f32, "hf")
 
 
 def test_threads_resizing_at_once_get_the_serial_pixels():

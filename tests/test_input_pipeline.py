@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import weakref
 
 import numpy as np
 import PIL.Image
@@ -215,3 +216,54 @@ def test_read_threads_default_to_this_processes_cpus(data_dir, processor, monkey
     np.testing.assert_array_equal(auto[key], fixed[key], err_msg=key)
   with pytest.raises(ValueError, match=r"input.read_threads must be an int >= 0, got -1"):
     dataclasses.replace(config(data_dir), read_threads=-1)
+
+
+def test_worker_processes_give_the_threads_batches(data_dir, processor):
+  # Their batches cross processes with uint8 images, normalised in this process.
+  from absl import flags
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    workers = TrainInput(config(data_dir, worker_processes=1), processor)
+    got = take(workers, 2)
+  finally:
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
+  want = take(TrainInput(config(data_dir), processor), 2)
+  for g, w in zip(got, want):
+    assert g["images"].dtype == np.float32
+    for key in w:
+      np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
+def test_a_batch_the_caller_still_holds_is_never_overwritten(data_dir, processor):
+  # Batch arrays are reused once nothing refers to them; a held batch, or a view of one, is safe.
+  it = TrainInput(config(data_dir), processor)
+  held = next(it)
+  want = {key: value.copy() for key, value in held.items()}
+  view = next(it)["images"][1:3]  # keeps its whole batch alive
+  view_want = view.copy()
+  dropped = [weakref.ref(next(it)["images"]) for _ in range(6)]  # dropped at once
+  assert all(ref() is not None for ref in dropped)  # kept by the pool ...
+  assert len({id(ref()) for ref in dropped}) <= 3  # ... and handed out again
+  for key in want:
+    np.testing.assert_array_equal(held[key], want[key], err_msg=key)
+  np.testing.assert_array_equal(view, view_want)
+
+
+def test_batch_arrays_and_image_buffers_hand_out_only_what_is_free():
+  from paligemma_jax.data.input_pipeline import BatchArrays, ImageBuffers
+  pool = BatchArrays(keep=2)
+  a = pool.empty((2, 3))
+  b = pool.empty((2, 3))
+  assert b is not a and a.dtype == np.float32
+  first = id(a)
+  del a
+  assert id(pool.empty((2, 3))) == first  # only the pool referred to it
+  assert pool.empty((4, 3)).shape == (4, 3)
+  buffers = ImageBuffers(limit=1)
+  x = buffers.take((1, 2, 2, 3))
+  assert x.dtype == np.uint8 and buffers.take((1, 2, 2, 3)) is not x
+  buffers.give(x)
+  buffers.give(np.empty((1, 2, 2, 3), np.uint8))  # over the limit: dropped
+  assert buffers.take((1, 2, 2, 3)) is x

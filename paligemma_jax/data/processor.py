@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from paligemma_jax.data.images import IMAGE_METHODS, check_pixel_values, is_image, preprocess_image
+from paligemma_jax.data.images import (IMAGE_METHODS, check_pixel_values, is_image, preprocess_image,
+                                      resize_image, scale_pixels)
 from paligemma_jax.data.tokenizer import IMAGE_TOKEN, Tokenizer
 
 TOKENIZATIONS = ("hf", "big_vision")
@@ -190,6 +191,24 @@ class Processor:
           done[id(im)] = preprocess_image(im, size, self.image_method, self.antialias,
                                           out=pixels[i, j])
     return pixels
+
+  def resized_images(self, images: list[Any], out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [n_images, S, S, 3]: one row's images resized by `image_method` but not yet
+    normalised; `scale_images` of them gives `__call__`'s float32 images for that row, exactly.
+    Written into `out` (C-contiguous uint8 of that shape) if given.
+
+    The training input keeps images this way until they are batched (a quarter of the bytes).
+    """
+    size = self.image_size
+    pixels = np.empty((len(images), size, size, 3), np.uint8) if out is None else out
+    for j, image in enumerate(images):
+      resize_image(image, size, self.image_method, self.antialias, out=pixels[j])
+    return pixels
+
+  def scale_images(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 [..., S, S, 3] in [-1, 1] of `resized_images`' uint8 pixels (any leading axes,
+    e.g. a batch [B, n_images, S, S, 3]); written into `out` (float32, same shape) if given."""
+    return scale_pixels(np.ascontiguousarray(pixels), self.image_method, out=out)
 
   def _pad(self, rows: list[tuple[list[int], int]], padding_side: str,
            max_length: int | None) -> dict[str, np.ndarray]:
