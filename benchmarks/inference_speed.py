@@ -3,8 +3,9 @@
 Default (CPU, what the issue asks): the real-width, reduced-depth PaliGemma 1 of the test suite
 (SigLIP So400m widths, Gemma-2B widths, 257,216-row vocab, `--layers` layers each), bf16, the
 same random weights on both sides. Prints, per batch size, prefill ms and decode ms/token for
-both, the ratios, and both against this machine's bf16 matmul peak and memory read bandwidth
-measured in the same run.
+both, the ratios, and both against this machine's fastest matmul (XLA's bf16 and f32 GEMMs,
+torch's bf16 one, and `cpu_matmul`'s AVX-512 BF16 GEMM where the CPU runs it) and memory read
+bandwidth, measured in the same run.
 
 `--full` (an accelerator): the real PaliGemma-3B-224 shapes with random weights, ours only,
 batch-1 decode ms/token against the HBM roofline and batch-64 examples/s.
@@ -14,7 +15,7 @@ bf16, and which decode kernels run), each compiled on its own and taking turns w
 the default is the path this CPU chooses. The CPU's name and flags are printed with the figures.
 
     python benchmarks/inference_speed.py                 # CPU, batch 1 and 8
-    python benchmarks/inference_speed.py --paths auto f32/avx2 bf16/avx2 bf16/avx512bf16
+    python benchmarks/inference_speed.py --paths auto bf16/avx512bf16 f32/avx2
     python benchmarks/inference_speed.py --full          # GPU/TPU
 """
 
@@ -56,6 +57,28 @@ def matmul_peak(dtype=jnp.bfloat16, repeats: int = 5) -> float:
   w = jnp.ones((d, f), dtype)
   mm = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32))
   return 2 * s * d * f / best_of(lambda: mm(x, w).block_until_ready(), repeats)
+
+
+def kernel_gemm_peak(repeats: int = 5) -> float | None:
+  """FLOP/s of `matmul_peak`'s product through `cpu_matmul`'s AVX-512 BF16 GEMM (a layer of a
+  stack, as the prefill runs it), or None where this CPU cannot run it."""
+  if not cpu_path.kernels_runnable("avx512bf16") or not cpu_matmul.available():
+    return None
+  s, d, f = 512, 2048, 16384
+  x = jnp.ones((s, d), jnp.bfloat16)
+  w = jnp.ones((1, d, f), jnp.bfloat16)
+  with cpu_path.forced(prefill="avx512bf16"):
+    mm = jax.jit(lambda x, w: cpu_matmul.einsum("SD,DF->SF", x, cpu_matmul.LayerSlice(w, 0)))
+    mm = mm.lower(x, w).compile()
+  return 2 * s * d * f / best_of(lambda: mm(x, w).block_until_ready(), repeats)
+
+
+def torch_matmul_peak(repeats: int = 5) -> float:
+  """FLOP/s of the same product in torch's bf16 matmul (what HF's prefill runs on)."""
+  import torch
+  s, d, f = 512, 2048, 16384
+  x, w = torch.ones((s, d), dtype=torch.bfloat16), torch.ones((d, f), dtype=torch.bfloat16)
+  return 2 * s * d * f / best_of(lambda: torch.matmul(x, w), repeats)
 
 
 def read_bandwidth(repeats: int = 5) -> float:
@@ -203,22 +226,25 @@ def prefill_flops(config, batch: int, s: int) -> float:
 def cpu_benchmark(args) -> None:
   print(f"CPU: {cpu_description()}")
   print(f"this CPU's path: {cpu_path.current()}")
-  peak, f32_peak, bw = matmul_peak(), matmul_peak(jnp.float32), read_bandwidth()
-  fastest = max(peak, f32_peak)
-  print(f"measured: bf16 matmul {peak / 1e9:.1f} GFLOP/s, f32 matmul {f32_peak / 1e9:.1f} "
-        f"GFLOP/s, read bandwidth {bw / 1e9:.1f} GB/s (measured again after each batch)")
+  peaks = {"XLA bf16": matmul_peak(), "XLA f32": matmul_peak(jnp.float32),
+           "torch bf16": torch_matmul_peak(), "cpu_matmul bf16 GEMM": kernel_gemm_peak()}
+  peaks = {name: rate for name, rate in peaks.items() if rate is not None}
+  fastest, bw = max(peaks.values()), read_bandwidth()
+  print("measured: matmul [512, 2048] x [2048, 16384] " + ", ".join(
+      f"{name} {rate / 1e9:.1f}" for name, rate in peaks.items())
+      + f" GFLOP/s; read bandwidth {bw / 1e9:.1f} GB/s (measured again after each batch)")
   model = hf_reduced_depth(args.layers)
   with tempfile.TemporaryDirectory() as folder:
     model.save_pretrained(folder)
     config, params = load_hf_checkpoint(folder)
   print(f"model: real width, {args.layers} layers each, vocab {VOCAB}, bf16 weights on both "
         f"sides; prompt {M} image + {args.text} text tokens, {args.new_tokens} new tokens")
-  print("'% peak' = prefill FLOPs / time / the faster of the two matmul rates measured above. "
+  print("'% peak' = prefill FLOPs / time / the fastest of the matmul rates measured above. "
         "'% roofline' = (bf16 LLM weights + KV cache bytes per step) / measured bandwidth / "
         "step time. 'ours PATH' decodes bf16 weights on CPU path PATH (prefill GEMM dtype / "
         "decode kernels, see models/cpu_path.py); 'ours f32' holds the weights in f32, so it "
         "reads 2x the bytes. 'compute floor' = a step's multiply-adds (2 x rows x weights) at "
-        "the faster matmul rate: past a few rows a step is bound by it, not by memory")
+        "the fastest matmul rate: past a few rows a step is bound by it, not by memory")
   header = ("batch", "prefill ms ours/HF", "ratio", "% peak ours/HF", "decode ms/tok ours/HF",
             "ratio", "% roofline ours/HF", "compute floor ms")
   print(" | ".join(header))

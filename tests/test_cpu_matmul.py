@@ -23,6 +23,8 @@ pytestmark = pytest.mark.skipif(not cpu_matmul._cpu_supported(),
 
 # The kernel libraries this CPU runs: each test below that takes `kernels` runs on each of them.
 KERNELS = [k for k in ("avx2", "avx512bf16") if cpu_path.kernels_runnable(k)]
+# The prefill paths it runs (the AVX-512 BF16 GEMM needs that library).
+PREFILLS = [p for p in cpu_path.PREFILLS if p != "avx512bf16" or "avx512bf16" in KERNELS]
 
 
 @pytest.fixture(params=KERNELS)
@@ -101,7 +103,7 @@ def test_gradients_match_einsum():
     np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=2e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("prefill", cpu_path.PREFILLS)
+@pytest.mark.parametrize("prefill", PREFILLS)
 def test_bf16_decode_matches_decode_without_kernels(kernels, prefill):
   config = PG2_WINDOW.replace(dtype="bfloat16", param_dtype="bfloat16")
   params = random_params(config)
@@ -181,7 +183,52 @@ def test_layer_slice_reads_its_layer_in_place(kernels, spec, x_shape, w_shape):
         np.testing.assert_array_equal(got, stack[layer].astype(dtype))
 
 
-@pytest.mark.parametrize("prefill", cpu_path.PREFILLS)
+# Prefill-sized products (more than MAX_ROWS rows) at odd sizes for the AVX-512 BF16 GEMM: rows
+# that do not fill its 6-row tiles, odd contractions (a lone last row), contractions past its
+# 256-row blocks, columns short of its 64-column panels and past its 512-column blocks, L > 1, and
+# a narrow output whose rows are split between threads.
+GEMM_CASES = [
+    ("BTD,DNH->BTNH", (2, 7, 37), (37, 3, 20)),
+    ("BTNH,NHD->BTD", (1, 13, 3, 100), (3, 100, 1030)),
+    ("BTD,DF->BTF", (3, 5, 513), (513, 77)),
+    ("BTF,FD->BTD", (1, 9, 1100), (1100, 50)),
+    ("BTD,CDF->CBTF", (2, 11, 24), (2, 24, 40)),
+    ("BTD,DKH->BTKH", (1, 37, 64), (64, 1, 256)),
+]
+needs_gemm = pytest.mark.skipif(not cpu_path.kernels_runnable("avx512bf16"),
+                                reason="needs AVX-512 BF16 and g++")
+
+
+@needs_gemm
+@pytest.mark.parametrize("spec,x_shape,w_shape", GEMM_CASES)
+def test_prefill_gemm_equals_einsum_on_each_layer_of_a_stack(spec, x_shape, w_shape):
+  x, stack = _rand(0, x_shape), _rand(1, (3, *w_shape))
+  with cpu_path.forced(prefill="avx512bf16"):
+    for layer in range(3):
+      run = jax.jit(lambda x, s, i=layer: cpu_matmul.einsum(spec, x, cpu_matmul.LayerSlice(s, i)))
+      want = jnp.einsum(spec, x.astype(jnp.float32), stack[layer].astype(jnp.float32),
+                        precision="highest")
+      got = run(x, stack)
+      assert got.dtype == jnp.float32 and got.shape == want.shape
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+      assert "paligemma_cpu_gemm_bf16" in run.lower(x, stack).as_text()
+
+
+@needs_gemm
+def test_prefill_gemm_applies_only_where_it_can():
+  x, stack = _rand(0, (2, 9, 16)), _rand(1, (2, 16, 24))
+  view = cpu_matmul.LayerSlice(stack, 1)
+  with cpu_path.forced(prefill="avx512bf16"):
+    assert cpu_matmul.einsum("BTD,DF->BTF", x, view) is not None
+    assert cpu_matmul.einsum("BTD,DF->BTF", x, stack[1]) is None  # a plain weight: may be trained
+    assert cpu_matmul.einsum("BTD,DF->BTF", x.astype(jnp.float32), view) is None
+    assert cpu_matmul.einsum("BTF,DF->BTD", _rand(0, (2, 9, 24)), view) is None  # contraction minor
+  for prefill in ("bf16", "f32"):  # the other paths leave prefill products to XLA
+    with cpu_path.forced(prefill=prefill):
+      assert cpu_matmul.einsum("BTD,DF->BTF", x, view) is None
+
+
+@pytest.mark.parametrize("prefill", PREFILLS)
 def test_bf16_decode_keeps_no_copy_of_the_weights(kernels, prefill):
   if prefill == "bf16" and not any(f in cpu_path.cpu_flags() for f in cpu_path.BF16_UNITS):
     # Without bf16 units XLA may lower a bf16 GEMM through f32 converts it is free to hoist; the

@@ -20,7 +20,10 @@ def no_env(monkeypatch):
 
 def test_features_settle_the_prefill_where_they_can(no_env, monkeypatch):
   monkeypatch.setattr(cpu_path, "_measured_prefill", lambda flags: pytest.fail("measured"))
-  assert cpu_path._choose_prefill(AVX512_BF16)[0] == "bf16"
+  # AVX-512 BF16 without AMX: the kernels' GEMM where g++ can build it, else XLA's bf16 GEMM.
+  gemm = "avx512bf16" if cpu_path.kernels_runnable("avx512bf16", AVX512_BF16) else "bf16"
+  assert cpu_path._choose_prefill(AVX512_BF16)[0] == gemm
+  assert cpu_path._choose_prefill(AVX512_BF16 | {"amx_bf16"})[0] == "bf16"
   assert cpu_path._choose_prefill(AVX2 | {"amx_bf16"})[0] == "bf16"
   assert cpu_path._choose_prefill(AVX2)[0] == "f32"
 
@@ -52,18 +55,26 @@ def test_environment_forces_each_choice(monkeypatch):
   assert cpu_path._choose_prefill(AVX512_BF16) == ("f32", f"prefill forced by {cpu_path.PREFILL_ENV}")
   monkeypatch.setenv(cpu_path.PREFILL_ENV, "bf16")
   assert cpu_path._choose_prefill(AVX2)[0] == "bf16"
+  if cpu_path.kernels_runnable("avx512bf16", AVX512_BF16):
+    monkeypatch.setenv(cpu_path.PREFILL_ENV, "avx512bf16")
+    assert cpu_path._choose_prefill(AVX512_BF16)[0] == "avx512bf16"
   for off in ("0", "off", "OFF"):
     monkeypatch.setenv(cpu_path.KERNELS_ENV, off)
     assert cpu_path._choose_kernels(AVX512_BF16)[0] == "off"
   monkeypatch.setenv(cpu_path.KERNELS_ENV, "1")  # the old "on": decide
   monkeypatch.setenv(cpu_path.PREFILL_ENV, "auto")
-  assert cpu_path._choose_prefill(AVX512_BF16)[0] == "bf16"
+  assert cpu_path._choose_prefill(AVX2 | {"amx_bf16"})[0] == "bf16"
 
 
 def test_bad_or_impossible_choices_are_one_line_errors(monkeypatch):
   monkeypatch.setenv(cpu_path.PREFILL_ENV, "fp16")
-  with pytest.raises(ValueError, match=r"PALIGEMMA_JAX_CPU_PREFILL='fp16' is not one of f32, bf16, auto"):
+  with pytest.raises(ValueError, match=r"PALIGEMMA_JAX_CPU_PREFILL='fp16' is not one of f32, "
+                     r"bf16, avx512bf16, auto"):
     cpu_path._choose_prefill(AVX2)
+  monkeypatch.setenv(cpu_path.PREFILL_ENV, "avx512bf16")  # the GEMM needs AVX-512 BF16
+  with pytest.raises(ValueError, match="cannot run on this CPU") as error:
+    cpu_path._choose_prefill(AVX2)
+  assert "\n" not in str(error.value)
   monkeypatch.setenv(cpu_path.KERNELS_ENV, "avx512bf16")
   with pytest.raises(ValueError, match="cannot run on this CPU") as error:
     cpu_path._choose_kernels(AVX2)

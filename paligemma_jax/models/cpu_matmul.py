@@ -9,9 +9,14 @@ activations, 4x the multiply-adds per instruction, so 5-8-row steps stay memory-
 compiles them on first use (g++, cached under ~/.cache/paligemma_jax), registers them with
 `jax.ffi`, and maps an einsum onto them; `cpu_path` decides which run on this CPU.
 
+`cpu_matmul_bf16.cc` also has a GEMM for a prefill's many-row products over a `LayerSlice`, which
+`cpu_path`'s prefill "avx512bf16" chooses: it reads the layer in place, where XLA's bf16 GEMM
+needed a copy of it.
+
 `einsum(spec, x, w)` returns None whenever the kernels do not apply, and the caller runs its
-usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows, a spec with
-batch axes, a CPU path without kernels (no AVX2/FMA, no compiler, `PALIGEMMA_JAX_CPU_KERNELS=off`).
+usual einsum: another backend, f32 weights, more than `MAX_ROWS` activation rows (unless the
+GEMM applies), a spec with batch axes, a CPU path without kernels (no AVX2/FMA, no compiler,
+`PALIGEMMA_JAX_CPU_KERNELS=off`).
 Gradients go through the plain einsum (custom VJP), so training code may call it too.
 `einsum_int8` is the same for weight-only int8 weights (`quantize`), which it reads as they are:
 half the bytes of bf16. `LayerSlice` hands the kernels one layer of a stacked weight to read in
@@ -57,7 +62,8 @@ _LIBRARIES = {
     "avx512bf16": _Library("cpu_matmul_bf16.cc",
                            ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
                             "-mavx512bf16"),
-                           {"nn_bf16": "PgMatmulNNBf16", "nt_bf16": "PgMatmulNTBf16"}),
+                           {"nn_bf16": "PgMatmulNNBf16", "nt_bf16": "PgMatmulNTBf16",
+                            "gemm_bf16": "PgGemmBf16"}),
 }
 
 
@@ -120,6 +126,12 @@ def _bf16_kernels() -> bool:
   return cpu_path.current().kernels == "avx512bf16" and _load("avx512bf16")
 
 
+def _gemm_kernel() -> bool:
+  """Whether prefill products over in-place layers go to the AVX-512 BF16 GEMM (`cpu_path`'s
+  prefill "avx512bf16")."""
+  return cpu_path.current().prefill == "avx512bf16" and _load("avx512bf16")
+
+
 def _threads() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -167,7 +179,9 @@ class _Plan:
     # bf16 activations go to the AVX-512 BF16 kernels where the CPU path has them; others (f32
     # activations, AVX2 CPUs) to the f32 kernels.
     suffix = "_bf16" if x.dtype == jnp.bfloat16 and _bf16_kernels() else ""
-    if self.trail:
+    if self.rows > MAX_ROWS:  # a prefill's product (`einsum` checked that the GEMM applies)
+      y = _call("gemm_bf16", x_MxC, stack, layer, (self.rows, self.l, self.f))
+    elif self.trail:
       y = _call("nn" + suffix, x_MxC, stack, layer, (self.rows, self.l, self.f))
     else:  # contraction is w's minor block: rows of w are contiguous dot products
       y = _call("nt" + suffix, x_MxC, stack, layer, (self.rows, self.l))
@@ -219,13 +233,19 @@ _kernel_einsum.defvjp(_forward, _backward)
 def einsum(spec: str, x: jax.Array, w: "jax.Array | LayerSlice") -> jax.Array | None:
   """`jnp.einsum(spec, x, w)` in float32 through the CPU kernels, or None if they do not apply.
 
-  A `LayerSlice` is read in place (no gradient: it is for decoding).
+  A `LayerSlice` is read in place (no gradient: it is for decoding). Products with more than
+  `MAX_ROWS` rows (a prefill's) go to the AVX-512 BF16 GEMM where `cpu_path` chose it, for bf16
+  activations times a `LayerSlice` with the contraction first; otherwise they are left to XLA.
   """
   if w.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":
     return None
   plan = _Plan(spec, x.shape, w.shape)
-  if not plan.ok or plan.rows > MAX_ROWS or not available():
+  if not plan.ok or not available():
     return None
+  if plan.rows > MAX_ROWS:
+    gemm = (isinstance(w, LayerSlice) and x.dtype == jnp.bfloat16 and bool(plan.trail)
+            and _gemm_kernel())
+    return plan.run(x, w) if gemm else None
   return plan.run(x, w) if isinstance(w, LayerSlice) else _kernel_einsum(spec, x, w)
 
 

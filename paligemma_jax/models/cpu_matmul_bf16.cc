@@ -8,6 +8,7 @@
 //
 //   PgMatmulNNBf16: y[M, L, F] = x[M, C] . w[layer, L, C, F]  (contraction first)
 //   PgMatmulNTBf16: y[M, F]    = x[M, C] . w[layer, F, C]^T   (the LM head)
+//   PgGemmBf16:     y[M, L, F] = x[M, C] . w[layer, L, C, F]  (the same for many rows: a prefill)
 //
 // vdpbf16ps pairs neighbouring elements. For NT (rows of w run along C) the pairs are there; for
 // NN two weight rows c, c + 1 are interleaved with unpacklo/hi, which leaves the 32 output columns
@@ -224,6 +225,177 @@ void NTAll(const uint16_t* x, int64_t M, int64_t C, const uint16_t* w, float* y,
   }
 }
 
+// -- prefill GEMM --------------------------------------------------------------------------------
+//
+// y[M, F] = x[M, C] . w[C, F] for many rows M (a prefill's products), w one layer of its stack read
+// in place. Blocked as the usual GEMM is: for KC x NC blocks of w, each thread packs the block
+// into its own buffer (vdpbf16ps pairs: row pairs c, c + 1 interleaved per column, in panels of
+// kNR columns) that stays in L2 while every kMR-row group of x runs through it; a register tile of
+// kMR x kNR f32 sums is loaded once per block, takes KC products per element, and is stored back.
+// x needs no packing: its pairs along C are adjacent and are broadcast straight from memory.
+// Threads take blocks of output columns (and, for narrow outputs, groups of rows).
+
+constexpr int kMR = 6, kNR = 64;  // 24 accumulators + 4 weight vectors of the 32 registers
+constexpr int64_t kKC = 256, kNC = 512;
+
+// Packs w[k0:k0 + kc, n0:n0 + nc] (row stride F) into panels of kNR columns: panel p holds, for
+// each pair of rows (2i, 2i + 1), kNR dwords (w[2i, col], w[2i + 1, col]) in column order. Rows
+// and columns past the matrix are zeros.
+void PackPanels(const uint16_t* w, int64_t F, int64_t kc, int64_t nc, uint16_t* out) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t i = 0; i < pairs; ++i) {  // along each pair of rows: contiguous reads
+    for (int64_t p = 0; p * kNR < nc; ++p) {
+      const uint16_t* r0 = w + 2 * i * F + p * kNR;
+      const uint16_t* r1 = r0 + F;
+      uint16_t* o = out + (p * pairs + i) * 2 * kNR;
+      for (int h = 0; h < kNR; h += 32) {
+        const int64_t left = nc - p * kNR - h;
+        const __mmask32 m = left >= 32 ? ~__mmask32{0}
+                            : left <= 0 ? 0 : static_cast<__mmask32>((uint64_t{1} << left) - 1);
+        const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + h);
+        const __m512i b = 2 * i + 1 < kc ? _mm512_maskz_loadu_epi16(m, r1 + h) : _mm512_setzero_si512();
+        _mm512_store_si512(o + 2 * h, _mm512_permutex2var_epi16(a, lo, b));
+        _mm512_store_si512(o + 2 * h + 32, _mm512_permutex2var_epi16(a, hi, b));
+      }
+    }
+  }
+}
+
+// y[0:R, 0:cols] (+)= x[0:R, 0:kc] . panel (cols <= kNR): the tile's sums stay in registers.
+template <int R>
+void GemmTile(const uint16_t* x, int64_t x_stride, int64_t kc, const uint16_t* panel, float* y,
+              int64_t y_stride, int64_t cols, bool add) {
+  __m512 acc[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const int64_t pairs = kc / 2;
+  for (int64_t i = 0; i < pairs; ++i) {
+    const uint16_t* b = panel + i * 2 * kNR;
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 32);
+    const __m512bh b2 = (__m512bh)_mm512_load_si512(b + 64);
+    const __m512bh b3 = (__m512bh)_mm512_load_si512(b + 96);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      int32_t xp;
+      std::memcpy(&xp, x + r * x_stride + 2 * i, sizeof xp);
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(xp);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], b0, xv);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], b1, xv);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], b2, xv);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], b3, xv);
+    }
+  }
+  if (kc % 2) {  // the last row alone (its pair's partner is a zero row of the panel)
+    const uint16_t* b = panel + pairs * 2 * kNR;
+    __m512bh bv[4];
+    for (int j = 0; j < 4; ++j) bv[j] = (__m512bh)_mm512_load_si512(b + 32 * j);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(x[r * x_stride + kc - 1]);
+      for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], bv[j], xv);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const int64_t left = cols - 16 * j;
+      if (left <= 0) break;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      float* out = y + r * y_stride + 16 * j;
+      const __m512 v = add ? _mm512_add_ps(acc[r][j], _mm512_maskz_loadu_ps(m, out)) : acc[r][j];
+      _mm512_mask_storeu_ps(out, m, v);
+    }
+  }
+}
+
+// Rows [m0, m1) and columns [n0, n1) of y[M, F] = x[M, C] . w[C, F], packing into `buffer`. While
+// a block's tiles run, the next block's weights are prefetched into L2 a few lines per tile: the
+// packing then reads them from cache instead of waiting on memory.
+void GemmBlock(const uint16_t* x, int64_t C, const uint16_t* w, int64_t F, float* y,
+               int64_t y_stride, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+               uint16_t* buffer) {
+  const int64_t nc = n1 - n0, panels = (nc + kNR - 1) / kNR;
+  const int64_t line_cols = 32, lines_per_row = (nc + line_cols - 1) / line_cols;
+  const int64_t tiles = (m1 - m0 + kMR - 1) / kMR * panels;
+  for (int64_t k0 = 0; k0 < C; k0 += kKC) {
+    const int64_t kc = std::min(kKC, C - k0), pairs = (kc + 1) / 2;
+    PackPanels(w + k0 * F + n0, F, kc, nc, buffer);
+    const int64_t next_rows = std::clamp<int64_t>(C - k0 - kKC, 0, kKC);
+    const int64_t lines = next_rows * lines_per_row;
+    const uint16_t* next = w + (k0 + kKC) * F + n0;
+    int64_t tile = 0;
+    for (int64_t m = m0; m < m1; m += kMR) {
+      const uint16_t* xm = x + m * C + k0;
+      for (int64_t n = n0; n < n1; n += kNR, ++tile) {
+        for (int64_t i = tile * lines / tiles, e = (tile + 1) * lines / tiles; i < e; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + i / lines_per_row * F
+                                                     + i % lines_per_row * line_cols),
+                       _MM_HINT_T1);
+        }
+        const uint16_t* panel = buffer + (n - n0) / kNR * pairs * 2 * kNR;
+        float* ym = y + m * y_stride + n;
+        const int64_t cols = std::min<int64_t>(kNR, n1 - n);
+        switch (std::min<int64_t>(m1 - m, kMR)) {
+          case 6: GemmTile<6>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0); break;
+          case 5: GemmTile<5>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0); break;
+          case 4: GemmTile<4>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0); break;
+          case 3: GemmTile<3>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0); break;
+          case 2: GemmTile<2>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0); break;
+          default: GemmTile<1>(xm, C, kc, panel, ym, y_stride, cols, k0 > 0);
+        }
+      }
+    }
+  }
+}
+
+ffi::Error Gemm(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> y,
+                int64_t layer, int64_t threads) {
+  auto xd = x.dimensions();
+  auto yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 3 || !InStack(w, layer, yd[1] * xd[1] * yd[2])) {
+    return ffi::Error::InvalidArgument("PgGemmBf16 wants x[M, C], w[layers, L, C, F], y[M, L, F]");
+  }
+  const int64_t M = xd[0], C = xd[1], L = yd[1], F = yd[2];
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.typed_data()) + layer * L * C * F;
+  float* yp = y->typed_data();
+  // Work items: (matrix l, column block, row group). Column blocks of at most kNC (whole panels),
+  // as many as a multiple of the threads where that keeps them whole panels, so that the threads
+  // end together; rows are split (in whole tiles) only where there are fewer than 2 blocks per
+  // thread, since each item packs its own copy of its blocks.
+  const int64_t t = std::max<int64_t>(1, threads), all_panels = (F + kNR - 1) / kNR;
+  int64_t blocks = (F + kNC - 1) / kNC;
+  blocks = std::min(all_panels, (blocks + t - 1) / t * t);
+  const int64_t nc = (all_panels + blocks - 1) / blocks * kNR;
+  blocks = (F + nc - 1) / nc;
+  const int64_t splits = std::clamp<int64_t>((2 * t + L * blocks - 1) / (L * blocks), 1,
+                                             (M + kMR - 1) / kMR);
+  const int64_t rows = ((M + splits - 1) / splits + kMR - 1) / kMR * kMR;
+  Parallel(L * blocks * splits, 1, static_cast<int>(t), [&](int64_t lo, int64_t hi) {
+    static thread_local std::vector<uint16_t> storage;
+    const size_t want = static_cast<size_t>((kKC + 1) / 2 * 2 * kNC + 32);
+    if (storage.size() < want) storage.resize(want);
+    auto* buffer = reinterpret_cast<uint16_t*>(
+        (reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t l = item / (blocks * splits), b = item / splits % blocks, s = item % splits;
+      const int64_t m0 = s * rows, m1 = std::min(M, m0 + rows);
+      if (m0 < m1) {
+        GemmBlock(xp, C, wp + l * C * F, F, yp + l * F, L * F, m0, m1, b * nc,
+                  std::min(F, (b + 1) * nc), buffer);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error MatmulNN(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
                     ffi::ResultBuffer<ffi::F32> y, int64_t layer, int64_t threads) {
   auto xd = x.dimensions();
@@ -267,6 +439,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNNBf16, MatmulNN,
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PgMatmulNTBf16, MatmulNT,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PgGemmBf16, Gemm,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()

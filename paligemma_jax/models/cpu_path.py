@@ -2,12 +2,16 @@
 
 Two choices depend on the CPU, and both are read when a function is traced:
 
-- `prefill`: how XLA runs prefill-sized bf16 products (many activation rows). "bf16" multiplies
+- `prefill`: how prefill-sized bf16 products (many activation rows) run. "bf16" multiplies
   the bf16 operands as they are (f32 accumulation): XLA's GEMM uses the CPU's bf16 dot-product
   units where there are some (AVX-512 BF16, AMX), where it is the fast path (measured 1.66x f32's
   rate on an AVX-512-BF16 EPYC). "f32" widens the operands first (exact) and runs XLA's f32 GEMM,
-  the faster one on CPUs without bf16 units (1.65x bf16's rate on an AVX2-only EPYC). The products
-  are identical either way; only the f32 summation order differs.
+  the faster one on CPUs without bf16 units (1.65x bf16's rate on an AVX2-only EPYC).
+  "avx512bf16" runs the products over a layer of a stack (decoding's prefill, score mode) through
+  `cpu_matmul`'s vdpbf16ps GEMM, which reads the layer where it lies (XLA copied each layer out
+  of its stack first) and outran XLA's bf16 GEMM on an AVX-512-BF16 EPYC without AMX; others
+  (and any product that is differentiated) run as "bf16". The products are identical on every
+  path; only the f32 summation order differs.
 - `kernels`: which of `cpu_matmul`'s decode kernels take few-row bf16 products. "avx512bf16"
   (vdpbf16ps: bf16 activations times bf16 weights, f32 sums) on CPUs with AVX-512 BF16,
   "avx2" (f32 FMAs on widened weights) on AVX2 + FMA, "off" where neither runs (XLA's einsum).
@@ -15,8 +19,10 @@ Two choices depend on the CPU, and both are read when a function is traced:
 Features decide where they settle it; otherwise (e.g. AVX-512 without BF16, or not x86) a short
 timing of both GEMMs decides `prefill` at first use and is cached per machine under the kernels'
 cache directory. Environment variables force each choice, so every path can be tested on a CPU
-that runs it: `PALIGEMMA_JAX_CPU_PREFILL=f32|bf16` and `PALIGEMMA_JAX_CPU_KERNELS=off|avx2|
-avx512bf16` (`0` = off; unset or `auto` = decide). Correctness never depends on the choice.
+that runs it: `PALIGEMMA_JAX_CPU_PREFILL=f32|bf16|avx512bf16` and `PALIGEMMA_JAX_CPU_KERNELS=
+off|avx2|avx512bf16` (`0` = off; unset or `auto` = decide). The prefill GEMM reads layers in
+place, which the kernels provide: with `KERNELS=off` there are no in-place layers and the
+prefill runs as "bf16". Correctness never depends on the choice.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from collections.abc import Iterator
 
 PREFILL_ENV = "PALIGEMMA_JAX_CPU_PREFILL"
 KERNELS_ENV = "PALIGEMMA_JAX_CPU_KERNELS"
-PREFILLS = ("f32", "bf16")
+PREFILLS = ("f32", "bf16", "avx512bf16")
 KERNELS = ("off", "avx2", "avx512bf16")
 # What each kernel library needs from the CPU (/proc/cpuinfo flag names).
 KERNEL_FLAGS = {"avx2": ("avx2", "fma"),
@@ -110,7 +116,12 @@ def _choose_kernels(flags: frozenset[str]) -> tuple[str, str]:
 def _choose_prefill(flags: frozenset[str]) -> tuple[str, str]:
   forced = _env(PREFILL_ENV, PREFILLS)
   if forced is not None:
+    if forced == "avx512bf16" and not kernels_runnable(forced, flags):
+      raise ValueError(f"{PREFILL_ENV}={forced} cannot run on this CPU or without g++; "
+                       "choose f32 or bf16")
     return forced, f"prefill forced by {PREFILL_ENV}"
+  if "amx_bf16" not in flags and kernels_runnable("avx512bf16", flags):
+    return "avx512bf16", "prefill avx512bf16: the CPU has avx512_bf16 (no AMX) and g++"
   units = [f for f in BF16_UNITS if f in flags]
   if units:
     return "bf16", f"prefill bf16: the CPU has bf16 units ({', '.join(units)})"
@@ -195,6 +206,8 @@ def forced(prefill: str | None = None, kernels: str | None = None) -> Iterator[C
   base = current()
   if kernels is not None and not kernels_runnable(kernels):
     raise ValueError(f"kernels={kernels} cannot run on this CPU")
+  if prefill == "avx512bf16" and not kernels_runnable(prefill):
+    raise ValueError(f"prefill={prefill} cannot run on this CPU")
   path = CpuPath(prefill or base.prefill, kernels or base.kernels, "forced")
   if path.prefill not in PREFILLS or path.kernels not in KERNELS:
     raise ValueError(f"unknown CPU path {path}")
