@@ -241,7 +241,7 @@ def resize_bilinear_tf(rgb: np.ndarray, size: int, antialias: bool = False) -> n
   return _bilinear_into(rgb, np.empty((size, size, rgb.shape[2]), np.uint8))
 
 
-BLOCK_ROWS = 64  # output rows per block: the block's float32 temporaries stay in a core's L2
+BLOCK_ROWS = 128  # output rows per block: temporaries in a core's L2 or the L3 (2-4% faster than 64)
 
 
 def _bilinear_into(rgb: np.ndarray, out: np.ndarray) -> np.ndarray:
