@@ -63,13 +63,19 @@ def preprocess_image(image: Any, size: int, method: str = "hf", antialias: bool 
     float32 [size, size, 3] in [-1, 1] (`out` when given).
   """
   _check_method(method, size, antialias)
-  if out is None:
-    out = np.empty((size, size, 3), np.float32)
-  elif out.shape != (size, size, 3) or out.dtype != np.float32 or not out.flags.c_contiguous:
-    raise ValueError(f"out must be a C-contiguous float32 array of shape {(size, size, 3)}, got "
-                     f"{out.dtype} {out.shape}")
+  out = _image_slot(out, size, np.float32)
   pixels = resize_image(image, size, method, antialias, out=_scratch("pixels", out.shape, np.uint8))
   return scale_pixels(pixels, method, out=out)
+
+
+def _image_slot(out: np.ndarray | None, size: int, dtype: Any) -> np.ndarray:
+  """`out` checked to be a C-contiguous [size, size, 3] array of `dtype`, or a new one."""
+  if out is None:
+    return np.empty((size, size, 3), dtype)
+  if out.shape != (size, size, 3) or out.dtype != dtype or not out.flags.c_contiguous:
+    raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                     f"{(size, size, 3)}, got {out.dtype} {out.shape}")
+  return out
 
 
 def resize_image(image: Any, size: int, method: str = "hf", antialias: bool = False,
@@ -84,11 +90,7 @@ def resize_image(image: Any, size: int, method: str = "hf", antialias: bool = Fa
   [size, size, 3] array (a batch's slot).
   """
   _check_method(method, size, antialias)
-  if out is None:
-    out = np.empty((size, size, 3), np.uint8)
-  elif out.shape != (size, size, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-    raise ValueError(f"out must be a C-contiguous uint8 array of shape {(size, size, 3)}, got "
-                     f"{out.dtype} {out.shape}")
+  out = _image_slot(out, size, np.uint8)
   alpha = "white" if method == "hf" else "drop"
   if isinstance(image, PIL.Image.Image):
     rgb = _pil_to_rgb(image, alpha)
