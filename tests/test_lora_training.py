@@ -56,9 +56,12 @@ def test_lora_trains_the_adapters_alone_and_saves_them_with_their_base(lora_run,
   assert not (workdir / "params").exists()  # the base is a checkpoint: only the adapters
   config = checkpoints.read_config(workdir / "adapters")
   assert config.lora.base == base and config.lora.rank == 4
-  # A step's checkpoint holds the adapters and their optimizer state, not the base.
+  # A step's checkpoint holds the adapters and their optimizer state, not the base: with the base
+  # it would be larger than the base's own checkpoint (~95% of which is the base's array bytes).
+  # Not a tighter bound: Orbax's files for the same step vary (130 KB alone, 236 KB once in a
+  # full suite run, against the base's 414 KB).
   size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-  assert size(workdir / "checkpoints" / "6") < size(pathlib.Path(base)) / 2
+  assert size(workdir / "checkpoints" / "6") < size(pathlib.Path(base))
   # Loading the adapters brings their base back unchanged (bit-identical) under them.
   loaded_config, params = api.load_checkpoint(workdir / "adapters")
   assert loaded_config.lora is not None
