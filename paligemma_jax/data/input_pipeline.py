@@ -204,9 +204,6 @@ class Preparation:
   def encode(self, images: list[Any], prefix: str, suffix: str) -> dict[str, Any]:
     """The processor's arrays for one row (batch axis dropped), plus `_truncated`; "images"
     are still uint8 (`Processor.resized_images`), normalised once batched (`TrainInput`)."""
-    for name, text in (("prompts", prefix), ("suffixes", suffix)):  # as the processor checks
-      if not isinstance(text, str):
-        raise ValueError(f"{name}[0] is a {type(text).__name__}, not a str")
     size = self.processor.image_size
     pixels = self.processor.resized_images(
         images, out=self.buffers.take((len(images), size, size, 3)))

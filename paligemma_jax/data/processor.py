@@ -126,6 +126,10 @@ class Processor:
     """
     if padding_side not in PADDING_SIDES:
       raise ValueError(f"unknown padding_side {padding_side!r}; use one of {PADDING_SIDES}")
+    for name, texts in (("prompts", prompts), ("suffixes", suffixes or [])):
+      for i, text in enumerate(texts):
+        if not isinstance(text, str):
+          raise ValueError(f"{name}[{i}] is a {type(text).__name__}, not a str")
     rows = []
     for i, prompt in enumerate(prompts):
       ids = self.prefix_ids(prompt, num_images, row=i)
@@ -260,10 +264,7 @@ def _as_text_list(texts: Any, num_rows: int, name: str) -> list[str]:
     raise ValueError(f"{name} must be a str or a list of str, got {type(texts).__name__}")
   if len(texts) != num_rows:
     raise ValueError(f"got {len(texts)} {name} for {num_rows} rows of images; pass one per prompt")
-  for i, text in enumerate(texts):
-    if not isinstance(text, str):
-      raise ValueError(f"{name}[{i}] is a {type(text).__name__}, not a str")
-  return list(texts)
+  return list(texts)  # each a str: text_arrays checks
 
 
 def _images_per_row(images: Any, num_rows: int | None) -> list[list[Any]]:
