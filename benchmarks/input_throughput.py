@@ -14,7 +14,8 @@ shards, tf.data from its tfrecord shards (`tfds.load`), and both do the same wor
 - resize and scale: `--image_method big_vision` (what configs/transfers/ train with) is
   `tf.image.resize` bilinear with half-pixel centres (`--antialias` as the task config says,
   default off), clipped and truncated to uint8, then `x / 255 * 2 - 1`: ours computes exactly
-  the same floats (data/images.py, checked here); tf.data runs those TF ops. `--image_method hf`
+  the same floats (data/images.py's C++ kernel, or its NumPy / TF fallback with
+  PALIGEMMA_JAX_RESIZE_KERNEL=off; checked here); tf.data runs those TF ops. `--image_method hf`
   (the processor's default) is PIL bicubic, antialiased, rounded to uint8; tf.data then runs
   `tf.image.resize(..., "bicubic", antialias=True)` and rounds: the same filter and the same
   amount of work, not the same pixels (PIL and TF weight the taps differently).

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import PIL.Image
 import pytest
 
+from paligemma_jax.data import resize_kernel
 from paligemma_jax.data.images import (SCALE_CHUNK, check_pixel_values, preprocess_image,
                                       resize_bilinear_tf, resize_image, scale_pixels)
 
@@ -45,31 +48,66 @@ def test_hf_method_matches_siglip_image_processor(hf_processor, image):
   np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("height,width,size",
-                         [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32),
-                          (480, 640, 448), (61, 90, 200)])  # the last two: several row blocks, upsampling
-def test_numpy_bilinear_matches_tf_resize(height: int, width: int, size: int):
+@pytest.fixture(params=["kernel", "fallback"])
+def resize_path(request, monkeypatch):
+  """Runs a test through the C++ kernel and through the fallback (NumPy; TF when antialiased)."""
+  if request.param == "kernel" and not resize_kernel.available():
+    pytest.skip("the C++ resize kernel does not build here (no g++?)")
+  if request.param == "fallback":
+    monkeypatch.setattr(resize_kernel, "available", lambda: False)
+  return request.param
+
+
+SHAPES = [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32), (480, 640, 448),
+          (61, 90, 200), (1, 1, 5), (100, 3000, 64)]  # several row blocks, upsampling, 1 px, wide
+
+
+@pytest.mark.parametrize("height,width,size", SHAPES)
+def test_bilinear_matches_tf_resize(resize_path: str, height: int, width: int, size: int):
   import tensorflow as tf
   image = RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)
   # Smooth ramps hit exact integers, where truncation to uint8 is most sensitive to float error.
   ramp = np.broadcast_to((np.arange(width) % 256).astype(np.uint8)[None, :, None], (height, width, 3))
-  for x in (image, np.ascontiguousarray(ramp)):
-    want = tf.cast(tf.clip_by_value(tf.image.resize(x, (size, size), method="bilinear"), 0, 255), tf.uint8)
-    np.testing.assert_array_equal(resize_bilinear_tf(x, size), want.numpy())
+  for x in (image, np.ascontiguousarray(ramp), np.full_like(image, 255)):
+    for antialias in (False, True):
+      resized = tf.image.resize(x, (size, size), method="bilinear", antialias=antialias)
+      want = tf.cast(tf.clip_by_value(resized, 0, 255), tf.uint8).numpy()
+      np.testing.assert_array_equal(resize_bilinear_tf(x, size, antialias), want)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_any_strides_and_channel_count(resize_path: str, channels: int):
+  import tensorflow as tf
+  image = RNG.integers(0, 256, (60, 80, 2 * channels), dtype=np.uint8)
+  view = image[::2, 1::2, :channels]  # not contiguous
+  for antialias in (False, True):
+    want = tf.image.resize(np.ascontiguousarray(view), (24, 24), "bilinear", antialias=antialias)
+    want = tf.cast(tf.clip_by_value(want, 0, 255), tf.uint8).numpy()
+    np.testing.assert_array_equal(resize_bilinear_tf(view, 24, antialias), want)
+
+
+def test_without_a_compiler_the_fallback_says_so_once(monkeypatch, caplog):
+  monkeypatch.setattr(resize_kernel.shutil, "which", lambda name: None)
+  with caplog.at_level(logging.INFO, logger=resize_kernel.__name__):
+    assert resize_kernel._load() is None
+  assert [r.levelno for r in caplog.records] == [logging.INFO]
+  assert "no g++" in caplog.records[0].getMessage()
+  monkeypatch.setenv(resize_kernel.DISABLE_ENV, "off")
+  assert resize_kernel._load() is None
 
 
 def test_big_vision_method():
   out = preprocess_image(RGB, 16, "big_vision")
   np.testing.assert_array_equal(out, resize_bilinear_tf(RGB, 16).astype(np.float32) / 255 * 2 - 1)
   assert out.min() >= -1 and out.max() <= 1
-  # antialias only matters when shrinking: 53 -> 16 px must change, and uses TF's kernel.
+  # antialias only matters when shrinking: 53 -> 16 px must change.
   antialiased = preprocess_image(RGB, 16, "big_vision", antialias=True)
   assert np.abs(antialiased - out).max() > 0.05
   assert antialiased.dtype == np.float32 and antialiased.min() >= -1 and antialiased.max() <= 1
 
 
 @pytest.mark.parametrize("method,antialias", [("hf", False), ("big_vision", False), ("big_vision", True)])
-def test_out_receives_the_same_pixels(method: str, antialias: bool):
+def test_out_receives_the_same_pixels(resize_path: str, method: str, antialias: bool):
   want = preprocess_image(RGB, 70, method, antialias)
   slots = np.full((2, 70, 70, 3), 7, np.float32)
   got = preprocess_image(RGB, 70, method, antialias, out=slots[1])
@@ -83,7 +121,8 @@ def test_out_receives_the_same_pixels(method: str, antialias: bool):
 
 
 @pytest.mark.parametrize("method,antialias", [("hf", False), ("big_vision", False), ("big_vision", True)])
-def test_uint8_resize_then_scale_is_preprocess_image(method: str, antialias: bool):
+def test_uint8_resize_then_scale_is_preprocess_image(resize_path: str, method: str,
+                                                     antialias: bool):
   # The training input keeps images as these uint8 pixels until they are batched.
   pixels = resize_image(RGBA, 70, method, antialias)
   assert pixels.dtype == np.uint8 and pixels.shape == (70, 70, 3)
@@ -112,11 +151,12 @@ def test_scale_pixels_is_each_references_formula_on_every_uint8_value():
     scale_pixels(f32, "hf")
 
 
-def test_threads_resizing_at_once_get_the_serial_pixels():
+def test_threads_resizing_at_once_get_the_serial_pixels(resize_path: str):
   # The resize reuses per-thread buffers (Grain's reader threads call it concurrently).
   from concurrent.futures import ThreadPoolExecutor
   images = [RNG.integers(0, 256, (150 + 7 * i, 200 - 5 * i, 3), dtype=np.uint8) for i in range(8)]
-  jobs = [(image, size, method) for image in images for size in (40, 130) for method in ("hf", "big_vision")]
+  jobs = [(image, size, method, antialias) for image in images for size in (40, 130)
+          for method, antialias in (("hf", False), ("big_vision", False), ("big_vision", True))]
   serial = [preprocess_image(*job) for job in jobs]
   with ThreadPoolExecutor(4) as pool:
     threaded = list(pool.map(lambda job: preprocess_image(*job), jobs * 3))
