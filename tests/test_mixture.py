@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 
 import numpy as np
+import grain
 import PIL.Image
 import pytest
 
@@ -127,3 +129,40 @@ def test_steps_looked_up_from_many_threads_match_a_sequential_walk():
   shared = MixtureMap([0.6, 0.3, 0.1], 5, block=64)  # one cache, crossed by every thread
   with ThreadPoolExecutor(8) as pool:
     assert list(pool.map(lambda i: shared[int(i)], steps)) == sequential
+
+
+@pytest.mark.parametrize("n,seed", [(1, 0), (2, 7), (3, 1), (100, 2**32 - 1), (257, 5), (4096, 9),
+                                    (65536, 11)])
+def test_epoch_order_is_grains_shuffle_order(n, seed):
+  # EpochShuffle computes each epoch's order at once; Grain's shuffle walks a cipher per element.
+  from paligemma_jax.data.mixture import epoch_order
+  grains = grain.MapDataset.range(n).shuffle(seed=seed)
+  positions = range(n) if n < 5000 else range(0, n, 61)
+  for epoch in (0, 1):
+    order = epoch_order(n, (seed + epoch) % 2**32)
+    assert sorted(order.tolist()) == list(range(n))
+    assert [int(order[i]) for i in positions] == [grains[epoch * n + i] for i in positions]
+
+
+@pytest.mark.parametrize("size,process_index,process_count", [(10, 0, 1), (300, 1, 3),
+                                                              (140000, 1, 2)])  # Grain's path
+def test_member_streams_read_in_grains_shuffled_order(size, process_index, process_count):
+  # The stream before EpochShuffle: this process's share, Grain's shuffle, repeated.
+  from paligemma_jax.data.mixture import _member_seed, member_stream
+  share = grain.MapDataset.range(size)[process_index::process_count]
+  grains = share.shuffle(seed=_member_seed(4, 1)).repeat()
+  ours = member_stream(size, 1, 4, True, process_index, process_count)
+  steps = list(range(3 * len(share))) if size < 1000 else list(range(0, 3 * len(share), 997))
+  assert [ours[i] for i in steps] == [(1, grains[i], i // len(share)) for i in steps]
+
+
+def test_epoch_shuffle_from_many_threads_or_pickled_matches_a_sequential_walk():
+  from concurrent.futures import ThreadPoolExecutor
+  from paligemma_jax.data.mixture import EpochShuffle
+  steps = np.random.default_rng(1).permutation(5 * 37)
+  sequential = [EpochShuffle(grain.MapDataset.range(37), 3)[int(i)] for i in steps]
+  shared = EpochShuffle(grain.MapDataset.range(37), 3)
+  with ThreadPoolExecutor(8) as pool:
+    assert list(pool.map(lambda i: shared[int(i)], steps)) == sequential
+  copy = pickle.loads(pickle.dumps(shared))  # as worker processes get it
+  assert [copy[int(i)] for i in steps] == sequential
