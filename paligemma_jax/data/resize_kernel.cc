@@ -101,7 +101,8 @@ inline void SumRows(const uint8_t* rows, int64_t stride, const float* w, int tap
     __m128 sum[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
     for (int k = 0; k < taps; ++k) {
       const __m128 wk = _mm_set1_ps(w[k]);
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + k * stride + j));
+      const uint8_t* at = rows + k * stride + j;
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
       const __m128i lo = _mm_unpacklo_epi8(bytes, zero), hi = _mm_unpackhi_epi8(bytes, zero);
       const __m128i ints[4] = {_mm_unpacklo_epi16(lo, zero), _mm_unpackhi_epi16(lo, zero),
                                _mm_unpacklo_epi16(hi, zero), _mm_unpackhi_epi16(hi, zero)};
