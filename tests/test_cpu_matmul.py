@@ -54,6 +54,8 @@ CASES = [
     ("BTD,CDF->CBTF", (4, 1, 24), (2, 24, 40)),          # leading weight axis (L > 1)
     ("BTD,VD->BTV", (6, 1, 33), (1001, 33)),             # LM head: two row groups, prefetch
     ("BTD,DF->BTF", (7, 1, 70), (70, 1100)),             # gate / up past 4 rows (8 pairs)
+    ("BTD,DF->BTF", (6, 1, 37), (37, 8227)),             # wide: threads split the columns
+    ("BTD,CDF->CBTF", (8, 1, 24), (2, 24, 8200)),        # wide, L > 1
 ]
 
 
@@ -185,7 +187,7 @@ def test_layer_slice_reads_its_layer_in_place(kernels, spec, x_shape, w_shape):
 
 # Prefill-sized products (more than MAX_ROWS rows) at odd sizes for the AVX-512 BF16 GEMM: rows
 # that do not fill its 6-row tiles, odd contractions (a lone last row), contractions past its
-# 256-row blocks, columns short of its 64-column panels and past its 512-column blocks, L > 1, and
+# 512-row blocks, columns short of its 64-column panels and past its 512-column blocks, L > 1, and
 # a narrow output whose rows are split between threads.
 GEMM_CASES = [
     ("BTD,DNH->BTNH", (2, 7, 37), (37, 3, 20)),
