@@ -2,8 +2,7 @@
 
 `resize_kernel.cc` gives `tf.image.resize(..., "bilinear")`'s pixels (then clip and truncation
 to uint8) bit for bit, with TF's float32 operations in TF's order. It is compiled with g++ on
-first use and cached (as `models/cpu_matmul.py` does for its kernels; `data/` may not import
-`models/`, and that helper is tied to JAX, so the few lines are here). ctypes releases the GIL
+first use and cached (`native_build`, as the models' CPU kernels are). ctypes releases the GIL
 for the call, so Grain's reader threads resize in parallel; NumPy released it only inside each
 ufunc call. Where nothing can be compiled, `available()` is False, the callers use their NumPy
 (or TensorFlow) path, and one INFO record says why.
@@ -13,21 +12,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 
 import numpy as np
 
+from paligemma_jax import native_build
+
 SOURCE = pathlib.Path(__file__).with_name("resize_kernel.cc")
 # -ffp-contract=off: a fused multiply-add would round once where TF rounds twice.
-FLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared")
+FLAGS = ("-O3", "-std=c++17", "-ffp-contract=off")
 DISABLE_ENV = "PALIGEMMA_JAX_RESIZE_KERNEL"  # "off" (or "0"): the NumPy / TF paths
 
 _P = ctypes.c_void_p
@@ -42,33 +41,6 @@ _SIGNATURES = {
 }
 _LOCK = threading.Lock()
 _LOADED: list[ctypes.CDLL | None] = []  # [the library or None] once tried
-
-
-def cache_dirs() -> tuple[pathlib.Path, ...]:
-  """$XDG_CACHE_HOME (~/.cache)/paligemma_jax, else the temporary directory's (as cpu_path)."""
-  home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-  return home / "paligemma_jax", pathlib.Path(tempfile.gettempdir()) / "paligemma_jax"
-
-
-def _build() -> pathlib.Path:
-  """The compiled library, built once per source and flags (atomically: concurrent processes
-  never load a half-written file)."""
-  digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-  for cache in cache_dirs():
-    lib = cache / f"{SOURCE.stem}-{digest}.so"
-    if lib.exists():
-      return lib
-    try:
-      cache.mkdir(parents=True, exist_ok=True)
-      with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        out = pathlib.Path(tmp) / lib.name
-        subprocess.run(["g++", *FLAGS, str(SOURCE), "-o", str(out)], check=True,
-                       capture_output=True)
-        os.replace(out, lib)
-      return lib
-    except OSError:  # not writable (a compiler failure raises CalledProcessError)
-      continue
-  raise OSError("no writable cache directory")
 
 
 def _library() -> ctypes.CDLL | None:
@@ -88,7 +60,7 @@ def _load() -> ctypes.CDLL | None:
     why = "no g++ on this machine"
   else:
     try:
-      lib = ctypes.CDLL(str(_build()))
+      lib = ctypes.CDLL(str(native_build.build_library(SOURCE, FLAGS)))
       for name, (restype, argtypes) in _SIGNATURES.items():
         function = getattr(lib, name)
         function.restype, function.argtypes = restype, argtypes
