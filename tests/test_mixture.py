@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pickle
 
@@ -131,29 +130,31 @@ def test_steps_looked_up_from_many_threads_match_a_sequential_walk():
     assert list(pool.map(lambda i: shared[int(i)], steps)) == sequential
 
 
-@pytest.mark.parametrize("n,seed", [(1, 0), (2, 7), (3, 1), (100, 2**32 - 1), (257, 5), (4096, 9),
-                                    (65536, 11)])
-def test_epoch_order_is_grains_shuffle_order(n, seed):
-  # EpochShuffle computes each epoch's order at once; Grain's shuffle walks a cipher per element.
-  from paligemma_jax.data.mixture import epoch_order
-  grains = grain.MapDataset.range(n).shuffle(seed=seed)
-  positions = range(n) if n < 5000 else range(0, n, 61)
-  for epoch in (0, 1):
-    order = epoch_order(n, (seed + epoch) % 2**32)
-    assert sorted(order.tolist()) == list(range(n))
-    assert [int(order[i]) for i in positions] == [grains[epoch * n + i] for i in positions]
-
-
-@pytest.mark.parametrize("size,process_index,process_count", [(10, 0, 1), (300, 1, 3),
-                                                              (140000, 1, 2)])  # Grain's path
-def test_member_streams_read_in_grains_shuffled_order(size, process_index, process_count):
-  # The stream before EpochShuffle: this process's share, Grain's shuffle, repeated.
-  from paligemma_jax.data.mixture import _member_seed, member_stream
-  share = grain.MapDataset.range(size)[process_index::process_count]
-  grains = share.shuffle(seed=_member_seed(4, 1)).repeat()
-  ours = member_stream(size, 1, 4, True, process_index, process_count)
-  steps = list(range(3 * len(share))) if size < 1000 else list(range(0, 3 * len(share), 997))
-  assert [ours[i] for i in steps] == [(1, grains[i], i // len(share)) for i in steps]
+@pytest.mark.parametrize("size,process_index,process_count", [(1, 0, 1), (10, 0, 1),
+                                                              (300, 1, 3), (140000, 1, 2)])
+def test_member_streams_read_a_fresh_permutation_of_their_share_each_epoch(
+    size, process_index, process_count):
+  # Shares up to 2**16 go through EpochShuffle, the 70,000-example share through Grain's shuffle.
+  from paligemma_jax.data.mixture import member_stream
+  share = list(range(size))[process_index::process_count]
+  n = len(share)
+  stream = member_stream(size, 1, 4, True, process_index, process_count)
+  again = member_stream(size, 1, 4, True, process_index, process_count)
+  positions = range(n) if n < 1000 else range(0, n, 97)
+  epochs = []
+  for epoch in range(3):
+    elements = [stream[epoch * n + i] for i in range(n)] if n < 1000 else None
+    if elements is not None:
+      assert {e[0] for e in elements} == {1} and {e[2] for e in elements} == {epoch}
+      assert sorted(e[1] for e in elements) == share  # each epoch: every example, once
+    epochs.append([stream[epoch * n + i][1] for i in positions])
+    assert epochs[-1] == [again[epoch * n + i][1] for i in positions]  # a pure function of seed
+  if n > 2:
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[0] != sorted(epochs[0])
+  other = member_stream(size, 1, 5, True, process_index, process_count)
+  if n > 2:
+    assert [other[i][1] for i in positions] != epochs[0]  # another seed, another order
 
 
 def test_epoch_shuffle_from_many_threads_or_pickled_matches_a_sequential_walk():

@@ -8,8 +8,8 @@ Per member (a split of `n` examples), for process `p` of `P`:
     range(n)[p::P]  -> shuffle(seed_m), a fresh permutation each epoch -> repeat
     step i -> (member m, example index, epoch i // len)
 
-The shuffle is Grain's `MapDataset.shuffle` order; for shares of at most 2**16 examples,
-`EpochShuffle` computes it an epoch at a time (Grain's per-element cost grows as 1/n there).
+Shares of at most 2**16 examples are shuffled by `EpochShuffle` (a NumPy permutation per epoch);
+larger ones by Grain's `MapDataset.shuffle` (whose per-element cost grows as 1/n on small shares).
 
 The members are then interleaved by `MixtureMap`: steps come in blocks of `block` positions; each
 block holds exactly `round(w_m * block)` positions of member m (largest remainders) in a random
@@ -115,7 +115,7 @@ def member_stream(size: int, member: int, seed: int, shuffle: bool, process_inde
   ds = grain.MapDataset.range(size)[process_index::process_count]
   share = len(ds)
   if shuffle and share <= SMALL_SPLIT:
-    ds = EpochShuffle(ds, seed=_member_seed(seed, member))  # Grain's order, computed per epoch
+    ds = EpochShuffle(ds, seed=_member_seed(seed, member))
   elif shuffle:
     ds = ds.shuffle(seed=_member_seed(seed, member))
   return ds.repeat().map_with_index(lambda i, index: (member, int(index), i // share))
@@ -135,86 +135,18 @@ def mixed_stream(sizes: Sequence[int], weights: Sequence[float], seed: int, shuf
   return grain.MapDataset.select_from_datasets(streams, selection), selection
 
 
-# Grain's `MapDataset.shuffle` and `EpochShuffle`: the same order, computed differently.
-#
-# Grain permutes range(n) by cycle-walking a 4-round Simon block cipher (grain's
-# index_shuffle.cc): an index is encrypted again and again until it lands in range. The cipher's
-# block is at least 16 bits, so for a split of n <= 2**16 examples each index walks ~2**16 / n
-# encryptions, about 28,000 / n us per example (110 us at n = 256). `EpochShuffle` computes an
-# epoch's whole order at once instead: the cipher on all 2**16 values in NumPy, then every
-# walk resolved together by pointer jumping, ~1-2 ms per epoch.
+# Grain's `MapDataset.shuffle` permutes by cycle-walking a block cipher whose block is at least 16
+# bits, so on a share of n <= 2**16 examples each element costs ~2**16 / n encryptions (~28,000 / n
+# us per example: 1.7 ms at n = 16, 110 us at n = 256). Such shares are shuffled by
+# `EpochShuffle` instead: one NumPy permutation per epoch (microseconds), looked up per element.
 
-SMALL_SPLIT = 1 << 16  # splits up to this size walk Grain's smallest (16-bit) cipher block
-_ROUNDS = 4  # Grain's `shuffle` calls index_shuffle with 4 rounds
-
-
-def _seed_seq_keys(seed: int, count: int) -> list[int]:
-  """`std::seed_seq{seed}.generate()` of `count` uint32 values (C++ [rand.util.seedseq]): the
-  round keys of grain's index_shuffle."""
-  mask = 0xFFFFFFFF
-  keys = [0x8B8B8B8B] * count
-  n, s = count, 1
-  t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
-  p = (n - t) // 2
-  q = p + t
-  m = max(s + 1, n)
-  for k in range(m):
-    x = keys[k % n] ^ keys[(k + p) % n] ^ keys[(k - 1) % n]
-    r1 = 1664525 * (x ^ (x >> 27)) & mask
-    r2 = (r1 + (s if k == 0 else k % n + seed if k <= s else k % n)) & mask
-    keys[(k + p) % n] = (keys[(k + p) % n] + r1) & mask
-    keys[(k + q) % n] = (keys[(k + q) % n] + r2) & mask
-    keys[k % n] = r2
-  for k in range(m, m + n):
-    x = (keys[k % n] + keys[(k + p) % n] + keys[(k - 1) % n]) & mask
-    r3 = 1566083941 * (x ^ (x >> 27)) & mask
-    r4 = (r3 - k % n) & mask
-    keys[(k + p) % n] ^= r3
-    keys[(k + q) % n] ^= r4
-    keys[k % n] = r4
-  return keys
-
-
-def _simon16(seed: int) -> np.ndarray:
-  """int64 [2**16]: grain's 16-bit Simon encryption (8-bit words) of every 16-bit value."""
-  def rotl(x: np.ndarray, r: int) -> np.ndarray:
-    return ((x << r) | (x >> (8 - r))) & 0xFF
-
-  def f(x: np.ndarray) -> np.ndarray:  # SIMON_F; its rotation by 8 of an 8-bit word is x
-    return (rotl(x, 1) & x) ^ rotl(x, 2)
-
-  values = np.arange(1 << 16, dtype=np.int64)
-  left, right = values >> 8, values & 0xFF
-  keys = _seed_seq_keys(seed, _ROUNDS)
-  for i in range(0, _ROUNDS, 2):
-    left ^= f(right) ^ (keys[i] & 0xFF)
-    right ^= f(left) ^ (keys[i + 1] & 0xFF)
-  return (left << 8) | right
-
-
-def epoch_order(n: int, seed: int) -> np.ndarray:
-  """int64 [n]: `index_shuffle(i, n - 1, seed, 4)` for every i < n <= 2**16 (Grain's order of
-  one epoch)."""
-  if not 0 < n <= SMALL_SPLIT:
-    raise ValueError(f"epoch_order takes 1 to {SMALL_SPLIT} examples, got {n}")
-  if n == 1:
-    return np.zeros(1, np.int64)
-  cipher = _simon16(seed)
-  # jump[x]: where x's walk stands; a walk is done once it lands below n. Each pass follows a
-  # pending walk to where the walk from its current point stands, doubling its length.
-  jump = cipher.copy()
-  pending = np.flatnonzero(jump >= n)
-  while (jump[:n] >= n).any():
-    jump[pending] = jump[jump[pending]]
-    pending = pending[jump[pending] >= n]
-  return jump[:n]
+SMALL_SPLIT = 1 << 16  # shares up to this size are shuffled by EpochShuffle
 
 
 class EpochShuffle(grain.MapDataset):
-  """`parent.shuffle(seed)` for a parent of at most SMALL_SPLIT elements: the same elements in
-  the same order (a fresh permutation each epoch, index i of epoch e reads parent[perm_e(i) +
-  e * n]), with each epoch's permutation computed once (`epoch_order`) rather than per element.
-  """
+  """A fresh permutation of `parent` each epoch, drawn from (seed, epoch) by NumPy and computed
+  once per epoch: index i of epoch e reads parent[perm_e(i)]. For parents of at most SMALL_SPLIT
+  elements (a permutation is held per epoch being read)."""
 
   def __init__(self, parent: grain.MapDataset, seed: int) -> None:
     super().__init__(parent)
@@ -236,16 +168,19 @@ class EpochShuffle(grain.MapDataset):
   def __str__(self) -> str:
     return f"EpochShuffle(seed={self.seed})"
 
-  def _order(self, epoch: int) -> np.ndarray:
+  def order(self, epoch: int) -> np.ndarray:
+    """int64 [len(self)]: the permutation of `epoch` (read-only)."""
     with self._lock:
       if epoch not in self._orders:
         if len(self._orders) > 2:  # readers span at most an epoch boundary
           self._orders.pop(next(iter(self._orders)))
-        self._orders[epoch] = epoch_order(len(self), (self.seed + epoch) % 2**32)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self))
+        order.flags.writeable = False
+        self._orders[epoch] = order
       return self._orders[epoch]
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
     epoch, position = divmod(index, len(self))
-    return self._parent[int(self._order(epoch)[position]) + epoch * len(self)]
+    return self._parent[int(self.order(epoch)[position])]
