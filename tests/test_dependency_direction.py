@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 # "<stdlib>" stands for any standard-library module. Every module outside training/ also obeys
 # NOT_TRAINING.
 RULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "models": ("only", ("<stdlib>", "jax", "flax", "numpy", "paligemma_jax.models")),
+    "models": ("only", ("<stdlib>", "jax", "flax", "numpy", "paligemma_jax.models",
+                        "paligemma_jax.native_build")),
     "data": ("never", ("paligemma_jax.models", "jax", "flax")),
     "conversion": ("never", ("paligemma_jax.training",)),
     "inference": ("never", ("paligemma_jax.training",)),

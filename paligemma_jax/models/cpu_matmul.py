@@ -28,17 +28,16 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import hashlib
 import math
 import os
 import pathlib
 import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paligemma_jax import native_build
 from paligemma_jax.models import cpu_path
 
 MAX_ROWS = 8  # beyond this XLA's GEMM path is as good (the weights are reused across rows)
@@ -73,31 +72,14 @@ def _cpu_supported() -> bool:
 
 
 def _build(library: _Library) -> pathlib.Path:
-  """Compiles a kernel library once per source and jax version; returns the shared library.
-
-  The library is cached under $XDG_CACHE_HOME (~/.cache) or, where that cannot be written, the
-  temporary directory.
-  """
-  source = _HERE / library.source
-  digest = hashlib.sha256(source.read_bytes() + (_HERE / "cpu_kernels.h").read_bytes()
-                          + " ".join(library.flags).encode() + jax.__version__.encode())
-  stem = source.stem
-  for cache in cpu_path.cache_dirs():
-    lib = cache / f"{stem}-{digest.hexdigest()[:16]}.so"
-    if lib.exists():
-      return lib
-    try:
-      cache.mkdir(parents=True, exist_ok=True)
-      with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        out = pathlib.Path(tmp) / lib.name
-        subprocess.run(["g++", "-O3", "-std=c++17", *library.flags, "-fPIC", "-shared",
-                        "-pthread", f"-I{_HERE}", f"-I{jax.ffi.include_dir()}", str(source),
-                        "-o", str(out)], check=True, capture_output=True)
-        os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
-      return lib
-    except OSError:  # not writable (a compiler failure raises CalledProcessError)
-      continue
-  raise OSError("no writable cache directory for the CPU kernels")
+  """Compiles a kernel library once per source and jax version (`native_build`, in
+  `cpu_path.cache_dirs()`); returns the shared library."""
+  return native_build.build_library(
+      _HERE / library.source,
+      ("-O3", "-std=c++17", *library.flags, "-pthread", f"-I{_HERE}",
+       f"-I{jax.ffi.include_dir()}"),
+      key=jax.__version__.encode(), headers=(_HERE / "cpu_kernels.h",),
+      dirs=cpu_path.cache_dirs())
 
 
 @functools.cache

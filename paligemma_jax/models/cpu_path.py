@@ -40,6 +40,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from paligemma_jax.native_build import cache_dirs  # this module's calls read it here (tests patch it)
+
 PREFILL_ENV = "PALIGEMMA_JAX_CPU_PREFILL"
 KERNELS_ENV = "PALIGEMMA_JAX_CPU_KERNELS"
 PREFILLS = ("f32", "bf16", "avx512bf16")
@@ -128,12 +130,6 @@ def _choose_prefill(flags: frozenset[str]) -> tuple[str, str]:
   if "avx2" in flags and "avx512f" not in flags:
     return "f32", "prefill f32: AVX2 without bf16 units"
   return _measured_prefill(flags)
-
-
-def cache_dirs() -> tuple[pathlib.Path, ...]:
-  """Where per-machine artefacts go: $XDG_CACHE_HOME (~/.cache), else the temporary directory."""
-  home = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-  return home / "paligemma_jax", pathlib.Path(tempfile.gettempdir()) / "paligemma_jax"
 
 
 def _measured_prefill(flags: frozenset[str]) -> tuple[str, str]:
