@@ -30,8 +30,9 @@ def base(shapes, tmp_path_factory) -> str:
 
 
 def _lora_config(shapes, base, **changes):
+  # 18 steps of 8: two epochs of the 72-row split, every step logged.
   return tiny_config(shapes, init=base, lora=dict(rank=4, alpha=8.0), **{
-      "optimizer.lr": 3e-2, **changes})
+      "optimizer.lr": 3e-2, "total_steps": 18, "log_every": 1, **changes})
 
 
 def _leaves(path) -> dict[str, np.ndarray]:
@@ -48,8 +49,11 @@ def lora_run(shapes, base, tmp_path_factory):
 
 def test_lora_trains_the_adapters_alone_and_saves_them_with_their_base(lora_run, base):
   workdir, _ = lora_run
-  records = [r for r in _records(workdir) if "train_loss" in r]
-  assert records[-1]["train_loss"] < records[0]["train_loss"]
+  losses = [r["train_loss"] for r in _records(workdir) if "train_loss" in r]
+  assert len(losses) == 18
+  # The second epoch's mean loss is below the first's, over the same 72 rows (single batches
+  # mix captions, answers and boxes differently, so one batch against another depends on order).
+  assert np.mean(losses[9:]) < np.mean(losses[:9])
   adapters = _leaves(workdir / "adapters")
   assert adapters and all(name.rsplit("/", 1)[1] in lora.NAMES for name in adapters)
   assert any(np.abs(a).max() > 0 for name, a in adapters.items() if name.endswith("lora_b"))
