@@ -58,6 +58,12 @@ def resize_path(request, monkeypatch):
   return request.param
 
 
+def _antialias_values(resize_path: str) -> tuple[bool, ...]:
+  """The antialias flags a parity test checks: the antialiased fallback is TF's own resize, which
+  would only be compared with itself."""
+  return (False, True) if resize_path == "kernel" else (False,)
+
+
 SHAPES = [(37, 53, 32), (7, 9, 64), (300, 224, 224), (500, 375, 224), (32, 32, 32), (480, 640, 448),
           (61, 90, 200), (1, 1, 5), (100, 3000, 64)]  # several row blocks, upsampling, 1 px, wide
 
@@ -69,7 +75,7 @@ def test_bilinear_matches_tf_resize(resize_path: str, height: int, width: int, s
   # Smooth ramps hit exact integers, where truncation to uint8 is most sensitive to float error.
   ramp = np.broadcast_to((np.arange(width) % 256).astype(np.uint8)[None, :, None], (height, width, 3))
   for x in (image, np.ascontiguousarray(ramp), np.full_like(image, 255)):
-    for antialias in (False, True):
+    for antialias in _antialias_values(resize_path):
       resized = tf.image.resize(x, (size, size), method="bilinear", antialias=antialias)
       want = tf.cast(tf.clip_by_value(resized, 0, 255), tf.uint8).numpy()
       np.testing.assert_array_equal(resize_bilinear_tf(x, size, antialias), want)
@@ -80,7 +86,7 @@ def test_any_strides_and_channel_count(resize_path: str, channels: int):
   import tensorflow as tf
   image = RNG.integers(0, 256, (60, 80, 2 * channels), dtype=np.uint8)
   view = image[::2, 1::2, :channels]  # not contiguous
-  for antialias in (False, True):
+  for antialias in _antialias_values(resize_path):
     want = tf.image.resize(np.ascontiguousarray(view), (24, 24), "bilinear", antialias=antialias)
     want = tf.cast(tf.clip_by_value(want, 0, 255), tf.uint8).numpy()
     np.testing.assert_array_equal(resize_bilinear_tf(view, 24, antialias), want)
